@@ -1,0 +1,287 @@
+"""The check harness: ``check(name, student_fn, **context)``.
+
+A check recomputes the answer with the course's reference implementation on
+the same model and inputs, compares, and prints one line when the student's
+function is right, or a short paragraph saying what differs (type, shape,
+dtype, device, NaN, which index and by how much, and, when the answer matches
+a *typical mistake*, which one) with a hint. It never shows a traceback of its
+own; an exception raised by the student's function is reported as theirs.
+
+Checks are registered by the chapters' modules in this package
+(``checks/duplicate_tokens.py``...) with :func:`register_check`. A check runs
+the student's function on several inputs, some of them not shown in the
+notebook, so an answer that is right only on the visible example fails.
+
+Set ``MECHINTERP_CHECKS_RAISE=1`` (the test suite and the book build do) to
+make a failed check raise :class:`CheckFailed` after printing, so a solution
+notebook with a wrong answer fails nbval.
+
+Taught in: chapter 0 (setup); every exercise uses it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import pkgutil
+import traceback
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+
+__all__ = [
+    "Check",
+    "CheckFailed",
+    "CheckResult",
+    "CHECKS",
+    "register_check",
+    "check",
+    "compare",
+    "run_check",
+]
+
+
+class CheckFailed(AssertionError):
+    """Raised by :func:`check` after a failure when MECHINTERP_CHECKS_RAISE is set."""
+
+
+@dataclass
+class CheckResult:
+    name: str
+    passed: bool
+    message: str
+
+    def __bool__(self) -> bool:
+        return self.passed
+
+    def __repr__(self) -> str:  # one line in a notebook, never a dataclass dump
+        return f"CheckResult({self.name!r}, passed={self.passed})"
+
+
+@dataclass
+class Check:
+    """One exercise's check.
+
+    Attributes:
+        name: ``"<chapter topic>.<function>"``, e.g. ``"duplicate_tokens.duplicate_token_score"``.
+        reference: the course's implementation (same signature as the student's).
+        cases: ``cases(**context) -> list[dict]``: keyword arguments for each call;
+            the first is the one shown in the notebook, the rest are hidden.
+        hint: shown when the answer is wrong.
+        mistakes: ``{description: fn}``: typical wrong implementations; when the
+            student's output matches one, the message names it.
+        atol, rtol: tolerances of :func:`torch.testing.assert_close`.
+        compare_fn: optional ``(actual, expected, kwargs) -> str | None`` for
+            outputs that are not tensors (lists, dicts, sets); None means equal.
+        needs: names of the context values the check requires (e.g. ``("model",)``).
+        model: the course model the check's cases expect when it needs one
+            (``"gpt2-small"``, ``"attn-only-4l"``...), for tests and grading.
+    """
+
+    name: str
+    reference: Callable
+    cases: Callable[..., list[dict]]
+    hint: str
+    mistakes: Mapping[str, Callable] = field(default_factory=dict)
+    atol: float = 1e-4
+    rtol: float = 1e-4
+    compare_fn: Callable | None = None
+    needs: Sequence[str] = ()
+    model: str | None = None
+
+
+CHECKS: dict[str, Check] = {}
+
+
+def register_check(
+    name: str,
+    *,
+    reference: Callable,
+    cases: Callable[..., list[dict]],
+    hint: str,
+    mistakes: Mapping[str, Callable] | None = None,
+    atol: float = 1e-4,
+    rtol: float = 1e-4,
+    compare_fn: Callable | None = None,
+    needs: Sequence[str] = (),
+    model: str | None = None,
+) -> Check:
+    """Register a check (see :class:`Check`)."""
+    if name in CHECKS:
+        raise ValueError(f"check {name!r} registered twice")
+    if "model" in needs and model is None:
+        raise ValueError(f"check {name!r} needs a model: say which one (model='gpt2-small'...)")
+    chk = Check(name, reference, cases, hint, dict(mistakes or {}), atol, rtol, compare_fn, tuple(needs), model)
+    CHECKS[name] = chk
+    return chk
+
+
+def _load_check_modules() -> None:
+    for info in pkgutil.iter_modules(__path__):
+        if not info.name.startswith("_"):
+            importlib.import_module(f"{__name__}.{info.name}")
+
+
+def _describe(x: Any) -> str:
+    if isinstance(x, torch.Tensor):
+        return f"a tensor of shape {tuple(x.shape)}, dtype {x.dtype}, on {x.device}"
+    return f"{type(x).__name__} {x!r}"[:200]
+
+
+def compare(actual: Any, expected: Any, *, atol: float = 1e-4, rtol: float = 1e-4) -> str | None:
+    """Compare a student's output with the reference; None if they agree, else why not.
+
+    Handles tensors (shape, dtype, device, NaN/inf, values), tuples/lists of
+    tensors (element by element) and plain Python values.
+    """
+    if isinstance(expected, (tuple, list)) and expected and isinstance(expected[0], torch.Tensor):
+        if not isinstance(actual, (tuple, list)) or len(actual) != len(expected):
+            return f"expected a {type(expected).__name__} of {len(expected)} tensors, got {_describe(actual)}"
+        for i, (a, e) in enumerate(zip(actual, expected)):
+            why = compare(a, e, atol=atol, rtol=rtol)
+            if why:
+                return f"element {i} of your output: {why}"
+        return None
+    if not isinstance(expected, torch.Tensor):
+        if isinstance(expected, float) and isinstance(actual, (int, float, torch.Tensor)):
+            actual_f = float(actual) if not isinstance(actual, torch.Tensor) or actual.numel() == 1 else None
+            if actual_f is None:
+                return f"expected a number, got {_describe(actual)}"
+            if actual_f != actual_f:
+                return "your output is NaN"
+            if abs(actual_f - expected) > atol + rtol * abs(expected):
+                return f"expected {expected:.6g}, got {actual_f:.6g} (off by {actual_f - expected:+.3g})"
+            return None
+        return None if actual == expected else f"expected {expected!r}, got {_describe(actual)}"
+    if actual is None:
+        return "your function returned None: did you forget the `return`?"
+    if not isinstance(actual, torch.Tensor):
+        return f"expected a torch.Tensor, got {_describe(actual)}"
+    if actual.device.type == "meta":
+        return "your output is on the meta device (it has no values): compute it from real tensors"
+    if actual.shape != expected.shape:
+        extra = ""
+        if actual.numel() == expected.numel():
+            extra = " (same number of elements: a transpose or a reshape in the wrong order?)"
+        elif sorted(actual.shape) == sorted(expected.shape):
+            extra = " (same sizes in another order: check the order of your dimensions)"
+        return f"shape {tuple(actual.shape)}, expected {tuple(expected.shape)}{extra}"
+    if actual.dtype.is_floating_point != expected.dtype.is_floating_point or (
+        actual.dtype == torch.bool
+    ) != (expected.dtype == torch.bool):
+        return f"dtype {actual.dtype}, expected {expected.dtype}"
+    if actual.device != expected.device:
+        return f"your output is on {actual.device}, the reference on {expected.device}: keep it on the input's device"
+    a = actual.detach().to(torch.float64)
+    e = expected.detach().to(torch.float64)
+    bad = ~torch.isfinite(a) & torch.isfinite(e)
+    if bad.any():
+        idx = tuple(int(i) for i in bad.nonzero()[0])
+        kind = "NaN" if torch.isnan(a[idx]) else "inf"
+        return f"{int(bad.sum())} entries are NaN or inf (first: {kind} at index {idx})"
+    if expected.dtype in (torch.bool, torch.int64, torch.int32, torch.long) and not expected.dtype.is_floating_point:
+        wrong = a != e
+        if wrong.any():
+            idx = tuple(int(i) for i in wrong.nonzero()[0])
+            return f"{int(wrong.sum())} of {wrong.numel()} entries differ (first at index {idx}: {a[idx].item():g}, expected {e[idx].item():g})"
+        return None
+    err = (a - e).abs()
+    tol = atol + rtol * e.abs()
+    wrong = (err > tol) & torch.isfinite(e)
+    if wrong.any():
+        flat = int((err - tol).argmax())
+        idx = tuple(int(i) for i in torch.unravel_index(torch.tensor(flat), err.shape))
+        return (
+            f"{int(wrong.sum())} of {wrong.numel()} values differ; the largest error is at "
+            f"index {idx}: you have {a[idx].item():.6g}, expected {e[idx].item():.6g} "
+            f"(off by {(a[idx] - e[idx]).item():+.3g})"
+        )
+    return None
+
+
+def _student_error(name: str, err: BaseException) -> str:
+    frames = traceback.extract_tb(err.__traceback__)
+    here = os.path.dirname(__file__)
+    theirs = [f for f in frames if not f.filename.startswith(here)]
+    where = ""
+    if theirs:
+        f = theirs[-1]
+        where = f" (in {f.name}, line {f.lineno}: `{(f.line or '').strip()}`)"
+    if isinstance(err, NotImplementedError):
+        return f"your function is not written yet: it raised NotImplementedError{where}. {err}".strip()
+    return f"your function raised {type(err).__name__}: {err}{where}"
+
+
+def run_check(name: str, student_fn: Callable, **context: Any) -> CheckResult:
+    """Run a check and return its result without printing (see :func:`check`)."""
+    _load_check_modules()
+    if name not in CHECKS:
+        return CheckResult(name, False, f"There is no check called {name!r}. Known checks: {sorted(CHECKS)}")
+    chk = CHECKS[name]
+    missing = [k for k in chk.needs if context.get(k) is None]
+    if missing:
+        return CheckResult(name, False, f"This check needs {', '.join(missing)}: call check({name!r}, your_function, {', '.join(f'{k}={k}' for k in missing)}).")
+    if not callable(student_fn):
+        return CheckResult(name, False, f"Pass your function itself (not its result): got {_describe(student_fn)}.")
+    try:
+        cases = chk.cases(**context)
+    except Exception as err:  # a broken context (e.g. a model of the wrong kind)
+        return CheckResult(name, False, f"Could not prepare the check's inputs: {type(err).__name__}: {err}")
+    for i, kwargs in enumerate(cases):
+        label = "the example in the notebook" if i == 0 else f"hidden test case {i}"
+        expected = chk.reference(**kwargs)
+        try:
+            actual = student_fn(**kwargs)
+        except Exception as err:
+            return CheckResult(name, False, f"On {label}, {_student_error(name, err)}")
+        try:
+            why = (
+                chk.compare_fn(actual, expected, kwargs)
+                if chk.compare_fn
+                else compare(actual, expected, atol=chk.atol, rtol=chk.rtol)
+            )
+        except Exception as err:  # a comparison we did not foresee: still no harness traceback
+            why = f"your output could not be compared with the reference ({type(err).__name__}: {err}); it is {_describe(actual)}"
+        if why:
+            diagnosis = _diagnose(chk, actual, kwargs)
+            msg = f"On {label}: {why}."
+            if diagnosis:
+                msg += f" It matches a typical mistake: {diagnosis}."
+            msg += f" Hint: {chk.hint}"
+            return CheckResult(name, False, msg)
+    return CheckResult(name, True, f"all {len(cases)} test cases pass")
+
+
+def _diagnose(chk: Check, actual: Any, kwargs: dict) -> str | None:
+    for description, wrong_fn in chk.mistakes.items():
+        try:
+            wrong = wrong_fn(**kwargs)
+            same = (
+                chk.compare_fn(actual, wrong, kwargs)
+                if chk.compare_fn
+                else compare(actual, wrong, atol=chk.atol, rtol=chk.rtol)
+            ) is None
+        except Exception:
+            continue
+        if same:
+            return description
+    return None
+
+
+def check(name: str, student_fn: Callable, **context: Any) -> CheckResult:
+    """Check ``student_fn`` against the reference of exercise ``name``; print the verdict.
+
+    Context (e.g. ``model=model``) is passed to the check's input builder.
+    Returns a :class:`CheckResult` (truthy when passed).
+    """
+    try:
+        result = run_check(name, student_fn, **context)
+    except Exception as err:  # a bug of ours: say so plainly, still no traceback
+        result = CheckResult(name, False, f"The check itself failed ({type(err).__name__}: {err}). Please report this.")
+    mark = "\u2714" if result.passed else "\u2718"
+    text = f"{mark} {name}: {'passed' if result.passed else 'not yet'} - {result.message}"
+    print(text)
+    if not result.passed and os.environ.get("MECHINTERP_CHECKS_RAISE"):
+        raise CheckFailed(text)
+    return result

@@ -1,0 +1,239 @@
+"""Generate the exercise notebooks in ``chapters/`` from the solutions in ``solutions/``.
+
+The solution notebook is the single source. In its code cells:
+
+* lines between ``# SOLUTION`` and ``# END SOLUTION`` are the answer: in the
+  exercise notebook they become one ``raise NotImplementedError(hint)`` at the
+  marker's indentation. The hint is the text after ``# SOLUTION:`` when given;
+* lines between ``# EXERCISE`` and ``# END EXERCISE`` are commented-out code
+  that only the exercise notebook has (uncommented there, dropped in nothing:
+  the solution notebook keeps them as comments);
+* a cell tagged ``remove-from-exercise`` is left out of the exercise notebook.
+
+Every cell holding a ``# SOLUTION`` region must carry the cell tag
+``solution`` (the book collapses those cells behind a toggle).
+
+The exercise notebook has no outputs. Both notebooks start with the same two
+cells, written here from :mod:`exercises_lib.colab`: the Open-in-Colab badge and
+the bootstrap cell.
+
+Usage::
+
+    python -m exercises_lib.generate            # write chapters/ (and normalise solutions/)
+    python -m exercises_lib.generate --check    # exit 1 if anything is out of date
+
+Taught in: chapter 0 (how the course is built).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import re
+import sys
+from pathlib import Path
+
+import nbformat
+
+from exercises_lib.colab import badge_markdown, bootstrap_code
+
+__all__ = ["make_exercise_source", "exercise_notebook", "normalise_solution", "main"]
+
+SOLUTION_START = re.compile(r"^(?P<indent>\s*)# SOLUTION(?::\s*(?P<hint>.*?))?\s*$")
+SOLUTION_END = re.compile(r"^\s*# END SOLUTION\s*$")
+EXERCISE_START = re.compile(r"^\s*# EXERCISE\s*$")
+EXERCISE_END = re.compile(r"^\s*# END EXERCISE\s*$")
+DEFAULT_HINT = "Write your solution here (see the hint above)."
+BADGE_TAG = "colab-badge"
+BOOTSTRAP_TAG = "bootstrap"
+
+
+class MarkerError(ValueError):
+    """Unbalanced or nested markers in a solution cell."""
+
+
+def make_exercise_source(source: str) -> str:
+    """The exercise version of one code cell's source."""
+    out: list[str] = []
+    in_solution = in_exercise = False
+    for lineno, line in enumerate(source.split("\n"), 1):
+        start = SOLUTION_START.match(line)
+        if start:
+            if in_solution or in_exercise:
+                raise MarkerError(f"line {lineno}: '# SOLUTION' inside another region")
+            in_solution = True
+            hint = (start.group("hint") or DEFAULT_HINT).replace('"', "'")
+            out.append(f'{start.group("indent")}raise NotImplementedError("{hint}")')
+            continue
+        if SOLUTION_END.match(line):
+            if not in_solution:
+                raise MarkerError(f"line {lineno}: '# END SOLUTION' without '# SOLUTION'")
+            in_solution = False
+            continue
+        if EXERCISE_START.match(line):
+            if in_solution or in_exercise:
+                raise MarkerError(f"line {lineno}: '# EXERCISE' inside another region")
+            in_exercise = True
+            continue
+        if EXERCISE_END.match(line):
+            if not in_exercise:
+                raise MarkerError(f"line {lineno}: '# END EXERCISE' without '# EXERCISE'")
+            in_exercise = False
+            continue
+        if in_solution:
+            continue
+        if in_exercise:
+            out.append(re.sub(r"^(\s*)# ?", r"\1", line, count=1))
+            continue
+        out.append(line)
+    if in_solution or in_exercise:
+        raise MarkerError("a region is not closed at the end of the cell")
+    return "\n".join(out)
+
+
+def solution_regions(source: str) -> list[str]:
+    """The code inside each ``# SOLUTION`` region of a cell (for the leak test)."""
+    regions, current = [], None
+    for line in source.split("\n"):
+        if SOLUTION_START.match(line):
+            current = []
+        elif SOLUTION_END.match(line) and current is not None:
+            regions.append("\n".join(current))
+            current = None
+        elif current is not None:
+            current.append(line)
+    return regions
+
+
+def _has_solution(cell) -> bool:
+    return cell.cell_type == "code" and any(SOLUTION_START.match(l) for l in cell.source.split("\n"))
+
+
+def _leading_cells(nb_path: str):
+    badge = nbformat.v4.new_markdown_cell(badge_markdown(nb_path))
+    badge.metadata["tags"] = [BADGE_TAG]
+    boot = nbformat.v4.new_code_cell(bootstrap_code())
+    boot.metadata["tags"] = [BOOTSTRAP_TAG]
+    return badge, boot
+
+
+def _strip_ids(nb) -> None:
+    for i, cell in enumerate(nb.cells):
+        cell["id"] = f"cell-{i}"
+
+
+def normalise_solution(nb, rel_path: str):
+    """The solution notebook with the standard leading cells and tags (outputs kept)."""
+    nb = copy.deepcopy(nb)
+    badge, boot = _leading_cells(rel_path)
+    cells = [c for c in nb.cells if not set(c.metadata.get("tags", [])) & {BADGE_TAG, BOOTSTRAP_TAG}]
+    old_boot = next((c for c in nb.cells if BOOTSTRAP_TAG in c.metadata.get("tags", [])), None)
+    if old_boot is not None and old_boot.source == boot.source:
+        boot = old_boot  # keep its outputs and execution count
+    for cell in cells:
+        cell.metadata = {k: v for k, v in cell.metadata.items() if k == "tags"}
+        if _has_solution(cell):
+            tags = cell.metadata.setdefault("tags", [])
+            if "solution" not in tags:
+                tags.append("solution")
+    nb.cells = [badge, boot, *cells]
+    nb.metadata = {
+        "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
+        "language_info": {"name": "python"},
+    }
+    _strip_ids(nb)
+    return nb
+
+
+def exercise_notebook(solution_nb, exercise_rel_path: str):
+    """The exercise notebook generated from a (normalised) solution notebook."""
+    nb = copy.deepcopy(solution_nb)
+    badge, boot = _leading_cells(exercise_rel_path)
+    cells = []
+    for cell in nb.cells:
+        tags = set(cell.metadata.get("tags", []))
+        if tags & {BADGE_TAG, BOOTSTRAP_TAG, "remove-from-exercise"}:
+            continue
+        if cell.cell_type == "code":
+            cell.source = make_exercise_source(cell.source)
+            cell.outputs = []
+            cell.execution_count = None
+            cell.metadata = {k: v for k, v in cell.metadata.items() if k == "tags"}
+        cells.append(cell)
+    nb.cells = [badge, boot, *cells]
+    _strip_ids(nb)
+    return nb
+
+
+def _dumps(nb) -> str:
+    return nbformat.writes(nb, version=4) + ("" if nbformat.writes(nb).endswith("\n") else "\n")
+
+
+def execute_in_place(path: Path, timeout: int = 900) -> None:
+    """Run a solution notebook top to bottom on the stand-ins and save its outputs."""
+    import os
+    import time
+
+    from nbclient import NotebookClient
+
+    nb = nbformat.read(path, as_version=4)
+    env = {"MECHINTERP_SOURCE": os.environ.get("MECHINTERP_SOURCE", "standin"), "MECHINTERP_CHECKS_RAISE": "1"}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    start = time.monotonic()
+    try:
+        NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    nbformat.write(nb, path)
+    print(f"executed {path.name} in {time.monotonic() - start:.0f}s")
+
+
+def pairs(root: Path) -> list[tuple[Path, Path]]:
+    """(solution, exercise) paths for every solution notebook."""
+    return [(p, root / "chapters" / p.name) for p in sorted((root / "solutions").glob("*.ipynb"))]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--root", default=".", help="repository root")
+    parser.add_argument("--check", action="store_true", help="only report notebooks that are out of date")
+    parser.add_argument(
+        "--execute", nargs="*", metavar="NOTEBOOK", default=None,
+        help="first execute these solution notebooks in place on the stand-ins (all if none named)",
+    )
+    args = parser.parse_args(argv)
+    root = Path(args.root).resolve()
+    stale = []
+    todo = pairs(root)
+    if args.execute is not None:
+        names = {Path(n).name for n in args.execute}
+        for sol_path, _ in todo:
+            if not names or sol_path.name in names:
+                execute_in_place(sol_path)
+    for sol_path, ex_path in todo:
+        sol = nbformat.read(sol_path, as_version=4)
+        sol_norm = normalise_solution(sol, f"solutions/{sol_path.name}")
+        ex = exercise_notebook(sol_norm, f"chapters/{ex_path.name}")
+        for path, nb in ((sol_path, sol_norm), (ex_path, ex)):
+            text = _dumps(nb)
+            if not path.exists() or path.read_text() != text:
+                stale.append(path.relative_to(root))
+                if not args.check:
+                    path.write_text(text)
+    if args.check:
+        if stale:
+            print("Out of date (run `python -m exercises_lib.generate`):", *stale, sep="\n  ")
+            return 1
+        print("All exercise notebooks are up to date.")
+        return 0
+    print(f"Wrote {len(stale)} notebook(s)." if stale else "Nothing to do.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,190 @@
+"""Figure helpers: one call per figure, titles that name the model.
+
+``imshow``, ``line`` and ``scatter`` draw plotly figures that render in
+Jupyter, Colab and the built book (the renderer is set by
+:func:`exercises_lib.setup`); ``attention_view`` shows attention patterns with
+circuitsvis. Every helper takes the ``model`` whose numbers it shows (or a
+``source`` string for figures that come from no model) and puts its
+``display_name`` in the title, so a figure made on a stand-in always says so.
+
+Taught in: chapter 0 (setup); used by every chapter.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import plotly.express as px
+import plotly.graph_objects as go
+import torch
+
+__all__ = ["imshow", "line", "scatter", "bar", "attention_view", "figure_title", "to_numpy"]
+
+
+def to_numpy(x: Any) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        return x.detach().float().cpu().numpy()
+    return np.asarray(x)
+
+
+def figure_title(title: str, model=None, source: str | None = None) -> str:
+    """``title`` followed by the name of the model (or source) that produced the numbers."""
+    if model is None and source is None:
+        raise ValueError(
+            "say which model produced this figure: pass model=model (or source='...' "
+            "for a figure that comes from no model)"
+        )
+    name = getattr(model, "display_name", None) if model is not None else source
+    if name is None:  # a model not loaded through load_model
+        name = getattr(getattr(model, "cfg", None), "model_name", "unknown model")
+    return f"{title} <span style='font-size:0.8em'>[{name}]</span>" if title else f"[{name}]"
+
+
+def _finish(fig: go.Figure, title: str, model, source, show: bool, height: int | None):
+    fig.update_layout(title=figure_title(title, model, source), margin=dict(t=60))
+    if height:
+        fig.update_layout(height=height)
+    if show:
+        fig.show()
+        return None
+    return fig
+
+
+def imshow(
+    tensor,
+    *,
+    model=None,
+    source: str | None = None,
+    title: str = "",
+    labels: dict | None = None,
+    x: Sequence | None = None,
+    y: Sequence | None = None,
+    facet_col: int | None = None,
+    facet_labels: Sequence[str] | None = None,
+    centred: bool = True,
+    show: bool = True,
+    height: int | None = None,
+    **kwargs,
+):
+    """Heatmap; a diverging RdBu scale centred on 0 unless ``centred=False``."""
+    arr = to_numpy(tensor)
+    if centred:
+        kwargs.setdefault("color_continuous_scale", "RdBu")
+        kwargs.setdefault("color_continuous_midpoint", 0.0)
+    fig = px.imshow(arr, labels=labels or {}, x=x, y=y, facet_col=facet_col, aspect="auto", **kwargs)
+    if facet_labels is not None:
+        for i, label in enumerate(facet_labels):
+            fig.layout.annotations[i]["text"] = label
+    return _finish(fig, title, model, source, show, height)
+
+
+def line(
+    y,
+    *,
+    model=None,
+    source: str | None = None,
+    x: Sequence | None = None,
+    names: Sequence[str] | None = None,
+    title: str = "",
+    labels: dict | None = None,
+    show: bool = True,
+    height: int | None = None,
+    **kwargs,
+):
+    """One line per row of ``y`` (a 1-D or 2-D array); ``names`` label the rows."""
+    arr = to_numpy(y)
+    arr = arr[None] if arr.ndim == 1 else arr
+    xs = to_numpy(x) if x is not None else np.arange(arr.shape[-1])
+    fig = go.Figure()
+    for i, row in enumerate(arr):
+        name = names[i] if names is not None else None
+        fig.add_trace(go.Scatter(x=xs, y=row, mode="lines", name=name, showlegend=name is not None, **kwargs))
+    labels = labels or {}
+    fig.update_layout(xaxis_title=labels.get("x"), yaxis_title=labels.get("y"))
+    return _finish(fig, title, model, source, show, height)
+
+
+def scatter(
+    x,
+    y,
+    *,
+    model=None,
+    source: str | None = None,
+    title: str = "",
+    labels: dict | None = None,
+    color=None,
+    hover: Sequence[str] | None = None,
+    diagonal: bool = False,
+    show: bool = True,
+    height: int | None = None,
+    **kwargs,
+):
+    """Scatter plot; ``diagonal=True`` adds the line y = x (for predicted vs actual)."""
+    xs, ys = to_numpy(x).ravel(), to_numpy(y).ravel()
+    fig = px.scatter(
+        x=xs, y=ys, color=None if color is None else to_numpy(color).ravel(),
+        hover_name=hover, labels=labels or {}, **kwargs,
+    )
+    if diagonal:
+        lo, hi = float(min(xs.min(), ys.min())), float(max(xs.max(), ys.max()))
+        fig.add_trace(go.Scatter(x=[lo, hi], y=[lo, hi], mode="lines", name="y = x", line=dict(dash="dash", color="grey")))
+    return _finish(fig, title, model, source, show, height)
+
+
+def bar(
+    values,
+    *,
+    model=None,
+    source: str | None = None,
+    x: Sequence | None = None,
+    title: str = "",
+    labels: dict | None = None,
+    show: bool = True,
+    height: int | None = None,
+    **kwargs,
+):
+    """Bar chart of a 1-D array, labelled by ``x``."""
+    vals = to_numpy(values).ravel()
+    xs = list(x) if x is not None else list(range(len(vals)))
+    fig = px.bar(x=xs, y=vals, labels=labels or {}, **kwargs)
+    return _finish(fig, title, model, source, show, height)
+
+
+def attention_view(
+    str_tokens: Sequence[str],
+    pattern,
+    *,
+    model=None,
+    source: str | None = None,
+    head_names: Sequence[str] | None = None,
+    title: str = "",
+    show: bool = True,
+):
+    """circuitsvis view of attention patterns ``[head, dest, src]`` over ``str_tokens``.
+
+    Shown under a heading that names the model (stand-in or real).
+    """
+    import circuitsvis as cv
+    from IPython.display import HTML, display
+
+    arr = to_numpy(pattern)
+    if arr.ndim == 2:
+        arr = arr[None]
+    n = len(str_tokens)
+    if arr.shape[-1] != n or arr.shape[-2] != n:
+        raise ValueError(f"pattern has shape {arr.shape}, expected [head, {n}, {n}] for {n} tokens")
+    heading = figure_title(title or "Attention patterns", model, source)
+    html = cv.attention.attention_patterns(
+        tokens=list(str_tokens), attention=torch.tensor(arr), attention_head_names=list(head_names) if head_names else None
+    )
+    if not show:
+        return heading, html
+    display(HTML(f"<h4>{heading}</h4>"))
+    try:
+        from exercises_lib.render import show_circuitsvis
+
+        show_circuitsvis(html)
+    except ImportError:
+        display(html)
+    return None

@@ -1,0 +1,103 @@
+"""The exercise generator: regions, stubs, sync of committed notebooks, no leaks."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from exercises_lib import __version__
+from exercises_lib.colab import bootstrap_code, install_target
+from exercises_lib.generate import (
+    MarkerError,
+    exercise_notebook,
+    make_exercise_source,
+    normalise_solution,
+    pairs,
+    solution_regions,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+SOURCE = '''def f(x):
+    """Double x."""
+    # SOLUTION: multiply by two
+    y = x * 2
+    return y
+    # END SOLUTION
+
+# EXERCISE
+# answer = None  # your answer here
+# END EXERCISE
+print("kept")'''
+
+
+def test_solution_region_becomes_stub_with_hint():
+    out = make_exercise_source(SOURCE)
+    assert 'raise NotImplementedError("multiply by two")' in out
+    assert "x * 2" not in out
+    assert "answer = None" in out and "# answer" not in out
+    assert 'print("kept")' in out
+    ns = {}
+    exec(out, ns)
+    with pytest.raises(NotImplementedError, match="multiply by two"):
+        ns["f"](3)
+
+
+def test_unbalanced_markers_are_rejected():
+    with pytest.raises(MarkerError):
+        make_exercise_source("# SOLUTION\nx = 1\n")
+    with pytest.raises(MarkerError):
+        make_exercise_source("# END SOLUTION\n")
+    with pytest.raises(MarkerError):
+        make_exercise_source("# SOLUTION\n# SOLUTION\n# END SOLUTION\n")
+
+
+def test_generated_notebook_has_badge_bootstrap_and_no_outputs():
+    nb = nbformat.v4.new_notebook()
+    code = nbformat.v4.new_code_cell(SOURCE)
+    code.outputs = [nbformat.v4.new_output("stream", text="6\n")]
+    code.execution_count = 3
+    nb.cells = [nbformat.v4.new_markdown_cell("# Title"), code]
+    sol = normalise_solution(nb, "solutions/99_x.ipynb")
+    assert "solution" in sol.cells[3].metadata["tags"]
+    ex = exercise_notebook(sol, "chapters/99_x.ipynb")
+    assert "colab.research.google.com" in ex.cells[0].source and "chapters/99_x.ipynb" in ex.cells[0].source
+    assert ex.cells[1].source == bootstrap_code()
+    assert all(c.get("outputs", []) == [] for c in ex.cells if c.cell_type == "code")
+    assert "x * 2" not in ex.cells[3].source
+
+
+def test_bootstrap_pins_the_package_version():
+    assert install_target().endswith(f"@v{__version__}")
+    assert install_target() in bootstrap_code()
+
+
+def test_committed_exercise_notebooks_are_in_sync():
+    result = subprocess.run(
+        [sys.executable, "-m", "exercises_lib.generate", "--check", "--root", str(ROOT)],
+        capture_output=True, text=True,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("sol_path,ex_path", pairs(ROOT), ids=lambda p: p.name)
+def test_exercise_notebooks_contain_no_solution_code(sol_path, ex_path):
+    sol = nbformat.read(sol_path, as_version=4)
+    ex_text = "\n".join(c.source for c in nbformat.read(ex_path, as_version=4).cells)
+    for cell in sol.cells:
+        if cell.cell_type != "code":
+            continue
+        for region in solution_regions(cell.source):
+            lines = [l.strip() for l in region.split("\n") if len(l.strip()) > 25]
+            leaked = [l for l in lines if l in ex_text]
+            assert not leaked, f"solution code found in {ex_path.name}: {leaked[:3]}"
+
+
+@pytest.mark.parametrize("sol_path,ex_path", pairs(ROOT), ids=lambda p: p.name)
+def test_every_notebook_starts_with_badge_and_bootstrap(sol_path, ex_path):
+    for path in (sol_path, ex_path):
+        nb = nbformat.read(path, as_version=4)
+        assert nb.cells[0].cell_type == "markdown" and "Open In Colab" in nb.cells[0].source, path
+        assert nb.cells[1].cell_type == "code" and nb.cells[1].source == bootstrap_code(), path
