@@ -176,7 +176,7 @@ def execute_in_place(path: Path, timeout: int = 900) -> None:
 
     from nbclient import NotebookClient
 
-    nb = nbformat.read(path, as_version=4)
+    nb = normalise_solution(nbformat.read(path, as_version=4), f"solutions/{path.name}")
     env = {"MECHINTERP_SOURCE": os.environ.get("MECHINTERP_SOURCE", "standin"), "MECHINTERP_CHECKS_RAISE": "1"}
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)

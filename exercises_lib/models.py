@@ -33,6 +33,8 @@ Taught in: chapter 0 (setup); used by every chapter.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import socket
 import time
@@ -296,7 +298,8 @@ def _finish(model, name: str, *, is_standin: bool, device: str | None, processin
         model.enable_compatibility_mode(disable_warnings=True)
     else:
         model.enable_compatibility_mode(disable_warnings=True, no_processing=True)
-    model.to(device or default_device())
+    with contextlib.redirect_stdout(io.StringIO()):  # TransformerLens prints "Moving model to device"
+        model.to(device or default_device())
     model.eval()
     model.is_standin = is_standin
     model.course_name = name

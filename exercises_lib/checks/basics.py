@@ -1,0 +1,28 @@
+"""Checks of chapter 0's exercise."""
+
+import torch
+
+from exercises_lib.basics import attention_entropy
+from exercises_lib.checks import register_check
+
+
+def _cases():
+    g = torch.Generator().manual_seed(0)
+    causal = torch.tril(torch.ones(6, 6)).bool()
+    scores = torch.randn(4, 6, 6, generator=g).masked_fill(~causal, float("-inf"))
+    one_hot = torch.eye(5)[None]  # rows with exact zeros: 0 log 0 must count as 0
+    batch = torch.randn(2, 3, 9, 9, generator=g).masked_fill(~torch.tril(torch.ones(9, 9)).bool(), float("-inf"))
+    return [{"pattern": scores.softmax(-1)}, {"pattern": one_hot}, {"pattern": batch.softmax(-1)}]
+
+
+register_check(
+    "basics.attention_entropy",
+    reference=attention_entropy,
+    cases=_cases,
+    hint="H = -sum_j a_j log a_j over the last (source) dimension, treating 0 log 0 as 0 (e.g. clamp before the log).",
+    mistakes={
+        "the entropy in bits (log base 2) instead of nats": lambda pattern: -(pattern * pattern.clamp_min(1e-30).log2()).sum(-1),
+        "a missing minus sign": lambda pattern: (pattern * pattern.clamp_min(1e-30).log()).sum(-1),
+        "a sum over the destination dimension instead of the source": lambda pattern: -(pattern * pattern.clamp_min(1e-30).log()).sum(-2),
+    },
+)
