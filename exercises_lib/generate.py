@@ -189,7 +189,7 @@ def execute_in_place(path: Path, timeout: int = 900) -> None:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-    nbformat.write(nb, path)
+    nbformat.write(normalise_solution(nb, f"solutions/{path.name}"), path)
     print(f"executed {path.name} in {time.monotonic() - start:.0f}s")
 
 
