@@ -130,6 +130,7 @@ def normalise_solution(nb, rel_path: str):
     old_boot = next((c for c in nb.cells if BOOTSTRAP_TAG in c.metadata.get("tags", [])), None)
     if old_boot is not None and old_boot.source == boot.source:
         boot = old_boot  # keep its outputs and execution count
+        boot.metadata = {"tags": [BOOTSTRAP_TAG]}
     for cell in cells:
         cell.metadata = {k: v for k, v in cell.metadata.items() if k == "tags"}
         if _has_solution(cell):
