@@ -138,10 +138,13 @@ def normalise_solution(nb, rel_path: str):
             if "solution" not in tags:
                 tags.append("solution")
     nb.cells = [badge, boot, *cells]
+    widgets = nb.metadata.get("widgets")  # ipywidgets state, so the book can show explorers
     nb.metadata = {
         "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
         "language_info": {"name": "python"},
     }
+    if widgets:
+        nb.metadata["widgets"] = widgets
     _strip_ids(nb)
     return nb
 
@@ -162,6 +165,7 @@ def exercise_notebook(solution_nb, exercise_rel_path: str):
             cell.metadata = {k: v for k, v in cell.metadata.items() if k == "tags"}
         cells.append(cell)
     nb.cells = [badge, boot, *cells]
+    nb.metadata.pop("widgets", None)
     _strip_ids(nb)
     return nb
 
@@ -178,12 +182,16 @@ def execute_in_place(path: Path, timeout: int = 900) -> None:
     from nbclient import NotebookClient
 
     nb = normalise_solution(nbformat.read(path, as_version=4), f"solutions/{path.name}")
-    env = {"MECHINTERP_SOURCE": os.environ.get("MECHINTERP_SOURCE", "standin"), "MECHINTERP_CHECKS_RAISE": "1"}
+    env = {
+        "MECHINTERP_SOURCE": os.environ.get("MECHINTERP_SOURCE", "standin"),
+        "MECHINTERP_CHECKS_RAISE": "1",
+        "MECHINTERP_SMALL_OUTPUTS": "1",  # circuitsvis in its small CDN form (see render.py)
+    }
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     start = time.monotonic()
     try:
-        NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
+        NotebookClient(nb, timeout=timeout, kernel_name="python3", store_widget_state=True, resources={"metadata": {"path": str(path.parent)}}).execute()
     finally:
         for k, v in old.items():
             if v is None:

@@ -42,7 +42,7 @@ def figure_title(title: str, model=None, source: str | None = None) -> str:
 
 
 def _finish(fig: go.Figure, title: str, model, source, show: bool, height: int | None):
-    fig.update_layout(title=figure_title(title, model, source), margin=dict(t=60))
+    fig.update_layout(title=figure_title(title, model, source), margin=dict(t=90))
     if height:
         fig.update_layout(height=height)
     if show:
@@ -175,16 +175,14 @@ def attention_view(
     if arr.shape[-1] != n or arr.shape[-2] != n:
         raise ValueError(f"pattern has shape {arr.shape}, expected [head, {n}, {n}] for {n} tokens")
     heading = figure_title(title or "Attention patterns", model, source)
-    html = cv.attention.attention_patterns(
-        tokens=list(str_tokens), attention=torch.tensor(arr), attention_head_names=list(head_names) if head_names else None
+    html = cv.attention.attention_heads(
+        attention=torch.tensor(arr), tokens=list(str_tokens),
+        attention_head_names=list(head_names) if head_names else None,
     )
     if not show:
         return heading, html
-    display(HTML(f"<h4>{heading}</h4>"))
-    try:
-        from exercises_lib.render import show_circuitsvis
+    from exercises_lib.render import circuitsvis_html
 
-        show_circuitsvis(html)
-    except ImportError:
-        display(html)
+    display(HTML(f"<h4>{heading}</h4>"))
+    display(HTML(circuitsvis_html(html)))
     return None

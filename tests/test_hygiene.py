@@ -15,7 +15,7 @@ FORBIDDEN = [
     (re.compile(r"\b(ghp|gho|github_pat)_[A-Za-z0-9_]{20,}\b"), "a GitHub token"),
     (re.compile(r"site-packages"), "an installation path"),
 ]
-ALLOWED_NB_METADATA = {"kernelspec", "language_info"}
+ALLOWED_NB_METADATA = {"kernelspec", "language_info", "widgets"}
 ALLOWED_CELL_METADATA = {"tags"}
 
 
