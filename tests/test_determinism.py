@@ -33,6 +33,7 @@ def _outputs(nb) -> list[str]:
             elif o.output_type in ("display_data", "execute_result"):
                 data = dict(o.data)
                 data.pop("text/html", None)  # plotly's HTML carries a random div id
+                data.pop("application/vnd.jupyter.widget-view+json", None)  # a random model id
                 text = json.dumps(data, sort_keys=True)
             else:
                 text = json.dumps(o, sort_keys=True, default=str)
