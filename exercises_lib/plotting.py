@@ -74,8 +74,10 @@ def imshow(
         kwargs.setdefault("color_continuous_midpoint", 0.0)
     fig = px.imshow(arr, labels=labels or {}, x=x, y=y, facet_col=facet_col, aspect="auto", **kwargs)
     if facet_labels is not None:
-        for i, label in enumerate(facet_labels):
-            fig.layout.annotations[i]["text"] = label
+        # Annotations are listed by subplot (bottom row first when facet_col_wrap is
+        # used), not by facet: match each to its facet through its "facet_col=<i>" text.
+        for ann in fig.layout.annotations:
+            ann["text"] = facet_labels[int(ann["text"].rsplit("=", 1)[-1])]
     return _finish(fig, title, model, source, show, height)
 
 
