@@ -1,0 +1,530 @@
+"""Checks of chapter 2's exercises (contextual attention heads and contextual neurons).
+
+Each check runs the student's function on the notebook's example and on hidden
+inputs (other tokens, lengths, heads, shapes), and names the typical mistakes
+below when the student's output matches one.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from exercises_lib import contextual as cx
+from exercises_lib.checks import register_check
+from exercises_lib.texts import load_text
+
+MODEL = "gpt2-small"
+
+
+def _tok(model, word: str) -> int:
+    return model.to_single_token(word)
+
+
+def _causal(n, device):
+    return torch.ones(n, n, dtype=torch.bool, device=device).tril()
+
+
+# ---------------------------------------------------------------------------
+# 2.1 positional_pattern
+# ---------------------------------------------------------------------------
+
+
+def _positional_variant(model, dest_token, n_ctx, *, ln=True, bias=True, sqrt=True, content=False,
+                        strict=False, axis=-1):
+    w = cx.layer0_weights(model)
+    E, P = model.W_E.detach()[dest_token], model.W_pos.detach()[:n_ctx]
+    x = E[None] + P
+    s = cx.ln_scale(x, model.cfg.eps)[:, None] if ln else torch.ones(n_ctx, 1, device=x.device)
+    q = torch.einsum("pd,hde->hpe", s * x, w["W_Q"]) + (w["b_Q"][:, None] if bias else 0)
+    key_in = s * x if content else s * P
+    k = torch.einsum("pd,hde->hpe", key_in, w["W_K"]) + (w["b_K"][:, None] if bias else 0)
+    scores = torch.einsum("hne,hie->hni", q, k) / (math.sqrt(w["W_Q"].shape[-1]) if sqrt else 1.0)
+    mask = _causal(n_ctx, x.device)
+    if strict:
+        mask = mask & ~torch.eye(n_ctx, dtype=torch.bool, device=x.device)
+    return scores.masked_fill(~mask, float("-inf")).softmax(axis)
+
+
+def _positional_cases(model):
+    return [
+        {"model": model, "dest_token": _tok(model, " the"), "n_ctx": 200},
+        {"model": model, "dest_token": _tok(model, " and"), "n_ctx": 64},
+        {"model": model, "dest_token": _tok(model, " God"), "n_ctx": 37},
+    ]
+
+
+register_check(
+    "contextual.positional_pattern",
+    reference=cx.positional_pattern,
+    cases=_positional_cases,
+    needs=("model",),
+    model=MODEL,
+    atol=1e-4,
+    rtol=1e-3,
+    hint=(
+        "x_i = E[t] + P[i]; s_i = 1/sqrt(mean(x_i^2) + eps) (x is centred already); "
+        "q_n = s_n x_n W_Q + b_Q; positional keys s_i P[i] W_K + b_K; scores / sqrt(d_head); "
+        "mask sources i > n with -inf, then softmax over the source (last) axis."
+    ),
+    mistakes={
+        "softmax over the destination axis instead of the source axis": lambda **kw: _positional_variant(**kw, axis=-2),
+        "a causal mask that hides the destination's own position (i < n instead of i <= n)": lambda **kw: _positional_variant(**kw, strict=True),
+        "the LayerNorm scale left out (raw E + P in the query and P in the key)": lambda **kw: _positional_variant(**kw, ln=False),
+        "no division by sqrt(d_head)": lambda **kw: _positional_variant(**kw, sqrt=False),
+        "the query and key biases b_Q, b_K left out": lambda **kw: _positional_variant(**kw, bias=False),
+        "the token's content kept in the key (that is the identical-token pattern, not the positional one)": lambda **kw: _positional_variant(**kw, content=True),
+    },
+)
+
+
+# ---------------------------------------------------------------------------
+# 2.2 factorise_pattern
+# ---------------------------------------------------------------------------
+
+
+def _factorise_variant(model, tokens, cache, *, ln=True, full_key=False, mask_c=True, sqrt=True, strict=False):
+    w = cx.layer0_weights(model)
+    W_K, b_K = w["W_K"], w["b_K"]
+    n = tokens.shape[-1]
+    s = 1.0 / cache["blocks.0.ln1.hook_scale"][0] if ln else torch.ones(n, 1, device=tokens.device)
+    q = cache["blocks.0.attn.hook_q"][0].transpose(0, 1)
+    E, P = model.W_E.detach()[tokens], model.W_pos.detach()[:n]
+    k_pos = torch.einsum("pd,hde->hpe", s * (E + P if full_key else P), W_K) + b_K[:, None]
+    k_tok = torch.einsum("pd,hde->hpe", s * E, W_K)
+    d = math.sqrt(W_K.shape[-1]) if sqrt else 1.0
+    mask = _causal(n, q.device)
+    if strict:
+        mask = mask & ~torch.eye(n, dtype=torch.bool, device=q.device)
+    pi = (torch.einsum("hne,hie->hni", q, k_pos) / d).masked_fill(~mask, float("-inf")).softmax(-1)
+    c = (torch.einsum("hne,hie->hni", q, k_tok) / d).exp()
+    if mask_c:
+        c = c * mask
+    Z = (pi * c).sum(-1)
+    return pi, c, Z
+
+
+def _text_case(model, name, start, length):
+    toks = cx.tokens_of(model, load_text(name), start + length)
+    toks = torch.cat([toks[:1], toks[start + 1 : start + length]])  # <|endoftext|> first
+    cache = cx.layer0_cache(model, toks, names=("blocks.0.ln1.hook_scale", "blocks.0.attn.hook_q"))
+    return {"model": model, "tokens": toks, "cache": cache}
+
+
+def _factorise_cases(model):
+    return [
+        _text_case(model, "bible_genesis", 0, 60),
+        _text_case(model, "python_docs", 100, 33),
+        _text_case(model, "cooking", 300, 17),
+    ]
+
+
+register_check(
+    "contextual.factorise_pattern",
+    reference=cx.factorise_pattern,
+    cases=_factorise_cases,
+    needs=("model",),
+    model=MODEL,
+    atol=1e-4,
+    rtol=1e-3,
+    hint=(
+        "s_i = 1 / cache['blocks.0.ln1.hook_scale'][0]; q = cache['blocks.0.attn.hook_q'][0] (pos, head, d_head); "
+        "positional keys s_i P[i] W_K + b_K give pi (masked softmax over sources); content keys s_i E[t_i] W_K "
+        "give c = exp(q.k / sqrt(d_head)), zero above the diagonal; Z = sum_i pi c."
+    ),
+    mistakes={
+        "the LayerNorm scale left out (raw E and P in the keys)": lambda **kw: _factorise_variant(**kw, ln=False),
+        "pi computed from the full key s_i (E[t_i] + P[i]) W_K (that is the real pattern, not the positional one)": lambda **kw: _factorise_variant(**kw, full_key=True),
+        "c not set to zero above the diagonal (sources after the destination)": lambda **kw: _factorise_variant(**kw, mask_c=False),
+        "no division by sqrt(d_head)": lambda **kw: _factorise_variant(**kw, sqrt=False),
+        "a causal mask that hides the destination's own position": lambda **kw: _factorise_variant(**kw, strict=True),
+    },
+)
+
+
+# ---------------------------------------------------------------------------
+# 2.3 head_features, 2.4 classify_heads
+# ---------------------------------------------------------------------------
+
+
+def _random_patterns(seed, heads, n, scale):
+    g = torch.Generator().manual_seed(seed)
+    scores = scale * torch.randn(heads, n, n, generator=g)
+    return scores.masked_fill(~_causal(n, "cpu"), float("-inf")).softmax(-1)
+
+
+def _features_cases(model):
+    the = _tok(model, " the")
+    pi = cx.positional_pattern(model, the, 260)
+    return [
+        {"pi": pi, "n_min": 200},
+        {"pi": _random_patterns(1, 3, 40, 3.0), "n_min": 10},
+        {"pi": _random_patterns(2, 2, 25, 0.5), "n_min": 4},
+    ]
+
+
+def _features_variant(pi, n_min, *, ks=(0, 1, 2, 3), absolute=False, squared_sum=False, all_dests=False):
+    start = 3 if all_dests else n_min  # all destinations that have three previous tokens
+    dests = torch.arange(start, pi.shape[-2], device=pi.device)
+    rows = pi[:, dests]
+    local = sum(rows[:, torch.arange(len(dests), device=pi.device), dests - k] for k in ks)
+    n_eff = rows.pow(2).sum(-1) if squared_sum else 1.0 / rows.pow(2).sum(-1)
+    frac = n_eff if absolute else n_eff / (dests + 1).to(pi.dtype)
+    return torch.stack([local.mean(-1), frac.mean(-1)], dim=-1)
+
+
+register_check(
+    "contextual.head_features",
+    reference=cx.head_features,
+    cases=_features_cases,
+    needs=("model",),
+    model=MODEL,
+    hint=(
+        "For destinations n >= n_min: local_mass = pi_n(n) + pi_n(n-1) + pi_n(n-2) + pi_n(n-3); "
+        "effective_fraction = (1 / sum_i pi_n(i)^2) / (n + 1); average each over n; stack as [head, 2]."
+    ),
+    mistakes={
+        "the current token left out of local_mass (k = 1..3 instead of 0..3)": lambda pi, n_min: _features_variant(pi, n_min, ks=(1, 2, 3)),
+        "N_eff not divided by the n + 1 available tokens": lambda pi, n_min: _features_variant(pi, n_min, absolute=True),
+        "sum_i pi^2 instead of its inverse": lambda pi, n_min: _features_variant(pi, n_min, squared_sum=True),
+        "averaged over every destination, ignoring n_min": lambda pi, n_min: _features_variant(pi, n_min, all_dests=True),
+    },
+)
+
+
+def _classify_cases(model):
+    the = _tok(model, " the")
+    features = cx.head_features(cx.positional_pattern(model, the, 300))
+    copy = cx.copy_attention_score(model, n_sequences=2)
+    g = torch.Generator().manual_seed(3)
+    synthetic = torch.rand(10, 2, generator=g)
+    synthetic[:, 1] *= 0.8
+    copy_syn = torch.rand(10, generator=g)
+    # A head on every boundary's right side: strictness matters only there.
+    edge = torch.tensor([[0.9, 0.5], [0.2, 0.3], [0.2, 0.3], [0.2, 0.9]])
+    edge_copy = torch.tensor([0.95, 0.1, 0.85, 0.1])
+    return [
+        {"features": features, "copy_score": copy, "thresholds": None},
+        {"features": synthetic, "copy_score": copy_syn, "thresholds": None},
+        {"features": edge, "copy_score": edge_copy, "thresholds": {"duplicate": 0.9, "spread_max": 0.95}},
+    ]
+
+
+def _classify_compare(actual, expected, kwargs):
+    if not isinstance(actual, dict):
+        return f"expected a dict of group name -> list of heads, got {type(actual).__name__}"
+    missing = set(expected) - set(actual)
+    if missing:
+        return f"the groups {sorted(missing)} are missing (expected keys {sorted(expected)})"
+    for group, heads in expected.items():
+        got = sorted(int(h) for h in actual[group])
+        if got != sorted(heads):
+            return f"group {group!r}: you have {got}, expected {sorted(heads)}"
+    return None
+
+
+def _classify_variant(features, copy_score, thresholds=None, *, order="dup-local-spread", ignore_thresholds=False):
+    th = dict(cx.CLASSIFY_THRESHOLDS)
+    if thresholds and not ignore_thresholds:
+        th.update(thresholds)
+    groups = {"duplicate": [], "detokenisation": [], "contextual": [], "unclear": []}
+    for head in range(features.shape[0]):
+        local, frac, dup = float(features[head, 0]), float(features[head, 1]), float(copy_score[head])
+        tests = {
+            "duplicate": dup > th["duplicate"],
+            "detokenisation": local > th["local"],
+            "contextual": th["spread_min"] < frac < th["spread_max"],
+        }
+        sequence = ["detokenisation", "duplicate", "contextual"] if order == "local-dup-spread" else ["duplicate", "detokenisation", "contextual"]
+        for group in sequence:
+            if tests[group]:
+                groups[group].append(head)
+                break
+        else:
+            groups["unclear"].append(head)
+    return groups
+
+
+register_check(
+    "contextual.classify_heads",
+    reference=cx.classify_heads,
+    cases=_classify_cases,
+    compare_fn=_classify_compare,
+    needs=("model",),
+    model=MODEL,
+    hint=(
+        "Merge the thresholds into CLASSIFY_THRESHOLDS (dict(CLASSIFY_THRESHOLDS, **(thresholds or {}))), then for each head "
+        "test duplicate, then detokenisation, then contextual (spread_min < fraction < spread_max), else unclear."
+    ),
+    mistakes={
+        "the rules tested in another order (detokenisation before duplicate)": lambda **kw: _classify_variant(**kw, order="local-dup-spread"),
+        "the thresholds argument ignored (always the defaults)": lambda **kw: _classify_variant(**kw, ignore_thresholds=True),
+    },
+)
+
+
+# ---------------------------------------------------------------------------
+# 2.5 normalisation_factors, 2.6 independent_model_variance
+# ---------------------------------------------------------------------------
+
+
+def _Z_cases(model):
+    def toks(name, n):
+        return cx.tokens_of(model, load_text(name), n)
+
+    return [
+        {"model": model, "tokens": toks("bible_genesis", 120), "dest_token": _tok(model, " the")},
+        {"model": model, "tokens": toks("legal_gpl3", 45), "dest_token": _tok(model, " of")},
+        {"model": model, "tokens": toks("fiction", 30), "dest_token": _tok(model, " the")},
+    ]
+
+
+def _Z_variant(model, tokens, dest_token, *, real_dest=False, ln=True, plain_mean=False):
+    n = tokens.shape[-1]
+    w = cx.layer0_weights(model)
+    E, P = model.W_E.detach()[tokens], model.W_pos.detach()[:n]
+    ones = torch.ones(n, 1, device=E.device)
+    s = cx.ln_scale(E + P, model.cfg.eps)[:, None] if ln else ones
+    x_dest = (E if real_dest else model.W_E.detach()[dest_token][None]) + P
+    s_dest = cx.ln_scale(x_dest, model.cfg.eps)[:, None] if ln else ones
+    q = torch.einsum("pd,hde->hpe", s_dest * x_dest, w["W_Q"]) + w["b_Q"][:, None]
+    k_tok = torch.einsum("pd,hde->hpe", s * E, w["W_K"])
+    k_pos = torch.einsum("pd,hde->hpe", s * P, w["W_K"]) + w["b_K"][:, None]
+    d = math.sqrt(q.shape[-1])
+    mask = _causal(n, q.device)
+    pos = (torch.einsum("hne,hie->hni", q, k_pos) / d).masked_fill(~mask, float("-inf"))
+    tok = torch.einsum("hne,hie->hni", q, k_tok) / d
+    if plain_mean:
+        return (tok.exp() * mask).sum(-1) / mask.sum(-1)
+    return (torch.logsumexp(pos + tok, -1) - torch.logsumexp(pos, -1)).exp()
+
+
+register_check(
+    "contextual.normalisation_factors",
+    reference=cx.normalisation_factors,
+    cases=_Z_cases,
+    needs=("model",),
+    model=MODEL,
+    atol=1e-4,
+    rtol=1e-3,
+    hint=(
+        "Queries from E[dest_token] + P[n] (LayerNormed) at every position; keys from the real tokens, split into "
+        "s_i E[t_i] W_K and s_i P[i] W_K + b_K; Z_n = sum_{i<=n} exp(full score) / sum_{i<=n} exp(positional score) "
+        "(use logsumexp for stability)."
+    ),
+    mistakes={
+        "the query of the real destination token, not of dest_token": lambda **kw: _Z_variant(**kw, real_dest=True),
+        "the LayerNorm scale left out": lambda **kw: _Z_variant(**kw, ln=False),
+        "a plain mean of c over the sources, without the positional pattern": lambda **kw: _Z_variant(**kw, plain_mean=True),
+    },
+)
+
+
+def _variance_cases():
+    g = torch.Generator().manual_seed(4)
+    return [
+        {"pi": _random_patterns(5, 12, 50, 1.0), "c_values": torch.rand(12, 300, generator=g) * 3},
+        {"pi": _random_patterns(6, 3, 17, 2.0), "c_values": torch.randn(3, 40, generator=g).exp()},
+    ]
+
+
+register_check(
+    "contextual.independent_model_variance",
+    reference=cx.independent_model_variance,
+    cases=_variance_cases,
+    hint="sigma^2 = c_values.var(-1) (unbiased) per head; multiply by sum over sources of pi^2: [head, dest].",
+    mistakes={
+        "sum_j pi_n(j) (which is 1) instead of sum_j pi_n(j)^2": lambda pi, c_values: c_values.var(-1)[:, None] * pi.sum(-1),
+        "the standard deviation instead of the variance": lambda pi, c_values: c_values.std(-1)[:, None] * pi.pow(2).sum(-1),
+        "the biased variance (divided by N instead of N - 1)": lambda pi, c_values: c_values.var(-1, unbiased=False)[:, None] * pi.pow(2).sum(-1),
+    },
+)
+
+
+# ---------------------------------------------------------------------------
+# 2.7 extended_embeddings
+# ---------------------------------------------------------------------------
+
+
+def _ext_cases(model):
+    g = torch.Generator().manual_seed(7)
+    ids = lambda n: torch.randint(0, model.cfg.d_vocab, (n,), generator=g)  # noqa: E731
+    return [
+        {"model": model, "heads": [0, 2, 6, 8, 9, 10], "Z": torch.tensor([1.1, 1.0, 0.6, 3.5, 1.1, 1.1]), "token_ids": ids(300)},
+        {"model": model, "heads": [4, 1], "Z": torch.tensor([2.0, 0.5]), "token_ids": ids(50)},
+        {"model": model, "heads": [11], "Z": torch.tensor([1.3]), "token_ids": ids(7), "dest_token": _tok(model, " and"), "dest_pos": 100},
+    ]
+
+
+def _ext_variant(model, heads, Z, token_ids=None, dest_token=262, dest_pos=500, *, use_c=True, use_Z=True, use_s=True, all_heads=False):
+    heads = list(range(model.cfg.n_heads)) if all_heads else list(heads)
+    w = cx.layer0_weights(model)
+    c = cx.content_weights(model, token_ids, dest_token, dest_pos)[heads]
+    s = cx.token_ln_scale(model, token_ids)
+    E = model.W_E.detach()[token_ids]
+    out = 0
+    Z = Z.to(E.device)
+    for j, h in enumerate(heads):
+        weight = torch.ones(E.shape[0], device=E.device)
+        if use_c:
+            weight = weight * c[j]
+        if use_s:
+            weight = weight * s
+        if use_Z and not all_heads:
+            weight = weight / Z[j]
+        out = out + (weight[:, None] * E) @ w["W_V"][h] @ w["W_O"][h]
+    return out
+
+
+register_check(
+    "contextual.extended_embeddings",
+    reference=cx.extended_embeddings,
+    cases=_ext_cases,
+    needs=("model",),
+    model=MODEL,
+    atol=1e-4,
+    rtol=1e-3,
+    hint=(
+        "c = content_weights(model, token_ids, dest_token, dest_pos)[heads]; s = token_ln_scale(model, token_ids); "
+        "sum over the given heads of (c_h / Z_h * s)[:, None] * E[token_ids] @ W_V[0, h] @ W_O[0, h]."
+    ),
+    mistakes={
+        "the content weights c_h(t) left out": lambda **kw: _ext_variant(**kw, use_c=False),
+        "not divided by the normalisers Z_h": lambda **kw: _ext_variant(**kw, use_Z=False),
+        "the LayerNorm scale s(t) left out": lambda **kw: _ext_variant(**kw, use_s=False),
+        "every head summed instead of the given heads": lambda **kw: _ext_variant(**kw, all_heads=True),
+    },
+)
+
+
+# ---------------------------------------------------------------------------
+# 2.8 contribution_summary
+# ---------------------------------------------------------------------------
+
+
+def _summary_cases(model):
+    g = torch.Generator().manual_seed(8)
+    W_in = cx.layer0_weights(model)["W_in"]
+    dev = W_in.device
+    return [
+        {"ext": torch.randn(1000, 768, generator=g).to(dev), "W_in": W_in, "ln2_scale": 5.5, "k": 5, "chunk_size": 256},
+        {"ext": torch.randn(300, 768, generator=g).to(dev), "W_in": W_in[:, :50], "ln2_scale": 2.0, "k": 3, "chunk_size": 7},
+        {"ext": torch.randn(40, 16, generator=g), "W_in": torch.randn(16, 9, generator=g), "ln2_scale": 1.0, "k": 4, "chunk_size": 100},
+    ]
+
+
+def _summary_last_chunk(ext, W_in, ln2_scale, k=20, chunk_size=8192):
+    start = ((ext.shape[0] - 1) // chunk_size) * chunk_size
+    full = cx.contribution_summary(ext, W_in, ln2_scale, k, chunk_size)
+    C = ln2_scale * (ext[start:] @ W_in)
+    kk = min(k, C.shape[0])
+    tv, ti = C.topk(kk, dim=0)
+    bv, bi = C.topk(kk, dim=0, largest=False)
+    return tv.T, (ti + start).T, bv.T, (bi + start).T, full[4], full[5]
+
+
+def _summary_variant(ext, W_in, ln2_scale, k=20, chunk_size=8192, *, scale=True, unbiased=False, chunk_ids=False):
+    C = (ln2_scale if scale else 1.0) * (ext @ W_in)
+    tv, ti = C.topk(k, dim=0)
+    bv, bi = C.topk(k, dim=0, largest=False)
+    if chunk_ids:
+        ti, bi = ti % chunk_size, bi % chunk_size
+    std = C.std(0, unbiased=unbiased)
+    return tv.T, ti.T, bv.T, bi.T, C.mean(0), std
+
+
+register_check(
+    "contextual.contribution_summary",
+    reference=cx.contribution_summary,
+    cases=_summary_cases,
+    needs=("model",),
+    model=MODEL,
+    atol=1e-3,
+    rtol=1e-4,
+    hint=(
+        "For each chunk: C = ln2_scale * (W_in.T @ ext[chunk].T)  [d_mlp, chunk]; concatenate with the running "
+        "top values along dim 1 and keep topk(k, dim=1) (and the matching token ids, offset by the chunk's start); "
+        "same with largest=False; accumulate sum and sum of squares for mean and population std."
+    ),
+    mistakes={
+        "only the last chunk kept (the running top/bottom k are not merged across chunks)": _summary_last_chunk,
+        "the LN-2 scale left out": lambda **kw: _summary_variant(**kw, scale=False),
+        "the sample (N-1) standard deviation instead of the population one": lambda **kw: _summary_variant(**kw, unbiased=True),
+        "token ids counted inside the chunk, not from the start of ext": lambda **kw: _summary_variant(**kw, chunk_ids=True),
+    },
+)
+
+
+# ---------------------------------------------------------------------------
+# 2.9 bag_of_tokens_prediction
+# ---------------------------------------------------------------------------
+
+
+def _bag_cases():
+    g = torch.Generator().manual_seed(9)
+
+    def case(heads, vocab, n, n_ctx):
+        return {
+            "T": torch.randn(heads, vocab, generator=g),
+            "tokens": torch.randint(0, vocab, (n,), generator=g),
+            "pi": _random_patterns(int(torch.randint(0, 99, (1,), generator=g)), heads, n_ctx, 1.0),
+            "Z": torch.rand(heads, n_ctx, generator=g) + 0.5,
+        }
+
+    return [case(6, 500, 40, 40), case(2, 30, 12, 20), case(1, 9, 5, 5)]
+
+
+register_check(
+    "contextual.bag_of_tokens_prediction",
+    reference=cx.bag_of_tokens_prediction,
+    cases=_bag_cases,
+    hint="Gather T[:, tokens] ([head, src]); einsum('hni,hi->hn', pi[:, :n, :n], that); divide by Z[:, :n]; sum over heads.",
+    mistakes={
+        "not divided by Z": lambda T, tokens, pi, Z: torch.einsum("hni,hi->n", pi[:, : len(tokens), : len(tokens)], T[:, tokens]),
+        "the pattern transposed (summed over destinations instead of sources)": lambda T, tokens, pi, Z: (
+            torch.einsum("hin,hi->hn", pi[:, : len(tokens), : len(tokens)], T[:, tokens]) / Z[:, : len(tokens)]
+        ).sum(0),
+        "multiplied by Z instead of divided": lambda T, tokens, pi, Z: (
+            torch.einsum("hni,hi->hn", pi[:, : len(tokens), : len(tokens)], T[:, tokens]) * Z[:, : len(tokens)]
+        ).sum(0),
+    },
+)
+
+
+# ---------------------------------------------------------------------------
+# 2.10 contribution_components
+# ---------------------------------------------------------------------------
+
+
+def _svd_cases():
+    g = torch.Generator().manual_seed(10)
+    return [
+        {"rows": torch.randn(150, 768, generator=g), "w": torch.randn(768, generator=g), "k": 4},
+        {"rows": torch.randn(20, 6, generator=g), "w": torch.randn(6, generator=g), "k": 6},
+        {"rows": torch.randn(9, 30, generator=g), "w": torch.randn(30, generator=g), "k": 2},
+    ]
+
+
+def _svd_variant(rows, w, k, *, kind):
+    U, S, Vh = torch.linalg.svd(rows, full_matrices=False)
+    if kind == "no_w":
+        return U[:, :k] * S[:k]
+    if kind == "no_S":
+        return U[:, :k] * (Vh[:k] @ w)
+    return (U[:, :k] * S[:k] * (Vh[:k] @ w)).sum(-1)  # the parts added up
+
+
+register_check(
+    "contextual.contribution_components",
+    reference=cx.contribution_components,
+    cases=_svd_cases,
+    atol=1e-3,
+    rtol=1e-3,
+    hint="U, S, Vh = torch.linalg.svd(rows, full_matrices=False); part_j = U[:, j] * S[j] * (Vh[j] @ w) for j < k.",
+    mistakes={
+        "the parts not projected on w (U S alone, whose signs are arbitrary)": lambda rows, w, k: _svd_variant(rows, w, k, kind="no_w"),
+        "the singular values S left out": lambda rows, w, k: _svd_variant(rows, w, k, kind="no_S"),
+        "the parts added up into one number per token (keep one column per component)": lambda rows, w, k: _svd_variant(rows, w, k, kind="sum"),
+    },
+)

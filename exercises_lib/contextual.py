@@ -1,0 +1,788 @@
+"""Contextual attention heads and contextual neurons in GPT-2 small's layer 0.
+
+Following Gibson, "Contextual attention heads in the first layer of GPT-2"
+(2025). In layer 0 a key is ``k_i = s_i (E[t_i] + P[i]) W_K + b_K`` (``s_i`` the
+LayerNorm scale, LN folded), so the exponentiated score of destination ``n``
+to source ``i`` factorises::
+
+    exp(q_n . k_i / sqrt(d_head)) = pos_n(i) * c_n(i)
+    pos_n(i) = exp(q_n . (s_i P[i] W_K + b_K) / sqrt(d_head))   # position only
+    c_n(i)   = exp(q_n . s_i E[t_i] W_K / sqrt(d_head))         # content only
+
+and the pattern is ``a_{n,i} = pi_n(i) c_n(i) / Z_n`` with the *positional
+pattern* ``pi_n = softmax_{i<=n}(log pos_n)`` and the normaliser
+``Z_n = sum_j pi_n(j) c_n(j)``.
+
+Conventions: ``ln_scale`` means the LayerNorm *multiplier*
+``1 / sqrt(mean(x^2) + eps)`` of a centred vector (about
+``sqrt(d_model) / |x|``), not TransformerLens's ``hook_scale`` (its inverse).
+Chapter 1's :func:`exercises_lib.duplicate_tokens.layer0_ln_scale` is the same
+quantity without ``eps``; here the exact LayerNorm (with ``eps``) is used so
+that patterns computed from the weights match the forward pass to float
+precision.
+Every function works on layer 0 of a GPT-2-small-shaped model (real or
+stand-in) and never reads where a stand-in's mechanisms were planted.
+
+Taught in: chapter 2 (contextual attention heads and contextual neurons).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+__all__ = [
+    "ln_scale",
+    "token_ln_scale",
+    "positional_pattern",
+    "identical_token_pattern",
+    "factorise_pattern",
+    "head_features",
+    "CLASSIFY_THRESHOLDS",
+    "PARTIAL_DUPLICATE",
+    "classify_heads",
+    "copy_attention_score",
+    "normalisation_factors",
+    "STOPWORDS",
+    "stopword_ids",
+    "stopword_fraction",
+    "content_weights",
+    "independent_model_variance",
+    "extended_embeddings",
+    "contribution_summary",
+    "token_contributions",
+    "per_head_token_contributions",
+    "mean_contribution_per_text",
+    "tail_scores",
+    "text_selectivity",
+    "variation_across_texts",
+    "bag_of_tokens_prediction",
+    "Layer0Approximation",
+    "fit_layer0_approximation",
+    "predict_preactivation",
+    "actual_preactivation",
+    "prediction_errors",
+    "contextual_output",
+    "bag_of_tokens_output",
+    "cosine_per_position",
+    "contribution_components",
+    "layer0_cache",
+    "layer0_weights",
+    "tokens_of",
+    "plot_positional_grid",
+    "plot_normalisers",
+    "plot_token_contributions",
+]
+
+LAYER = 0
+
+
+# ---------------------------------------------------------------------------
+# LayerNorm scale (LN folded: centre, then divide by the root mean square)
+# ---------------------------------------------------------------------------
+
+
+def ln_scale(x: Float[Tensor, "... d_model"], eps: float = 1e-5) -> Float[Tensor, "..."]:
+    """LayerNorm multiplier of each vector: ``1 / sqrt(mean((x - mean x)^2) + eps)``.
+
+    For a centred ``x`` this is about ``sqrt(d_model) / |x|``.
+    """
+    x = x - x.mean(-1, keepdim=True)
+    return (x.pow(2).mean(-1) + eps).rsqrt()
+
+
+def token_ln_scale(model, token_ids: Tensor | None = None) -> Float[Tensor, "tokens"]:
+    """Linearised LN-1 scale of each token at a typical position past 100.
+
+    ``s(t) = 1 / sqrt((|E[t]|^2 + mean_{i>=100} |P[i]|^2) / d_model)``: since
+    ``E`` and ``P`` are nearly orthogonal (chapter 1), ``|E[t] + P[i]|^2`` is
+    about ``|E[t]|^2 + |P[i]|^2``, and ``|P[i]|`` is about flat past 100.
+    """
+    E = _E(model) if token_ids is None else _E(model)[token_ids]
+    P = _P(model)[100:]
+    d = E.shape[-1]
+    mean_p2 = P.pow(2).sum(-1).mean()
+    return ((E.pow(2).sum(-1) + mean_p2) / d + model.cfg.eps).rsqrt()
+
+
+def _E(model) -> Tensor:
+    return model.W_E.detach()
+
+
+def _P(model) -> Tensor:
+    return model.W_pos.detach()
+
+
+def layer0_weights(model) -> dict[str, Tensor]:
+    """Layer 0's weights, detached: ``W_Q, b_Q, W_K, b_K, W_V, W_O`` [head, ...], ``b_O``, ``W_in``, ``b_in``.
+
+    The bridge stacks every layer's weights on each access of ``model.W_Q``
+    (about 0.3 s), so layer 0's are kept on the model after the first call.
+    """
+    cached = getattr(model, "_layer0_weights_ch2", None)
+    if cached is None:
+        cached = {
+            name: getattr(model, name)[LAYER].detach()
+            for name in ("W_Q", "b_Q", "W_K", "b_K", "W_V", "W_O", "b_O", "W_in", "b_in")
+        }
+        model._layer0_weights_ch2 = cached
+    return cached
+
+
+def _layer0(model):
+    """(W_Q, b_Q, W_K, b_K) of layer 0, detached: [head, d_model, d_head], [head, d_head]."""
+    w = layer0_weights(model)
+    return w["W_Q"], w["b_Q"], w["W_K"], w["b_K"]
+
+
+def _causal_mask(n_dest: int, n_src: int, device) -> Tensor:
+    """True where source ``i`` may be attended from destination ``n`` (``i <= n``)."""
+    return torch.ones(n_dest, n_src, dtype=torch.bool, device=device).tril()
+
+
+# ---------------------------------------------------------------------------
+# 1. Positional patterns from the weights
+# ---------------------------------------------------------------------------
+
+
+def positional_pattern(model, dest_token: int, n_ctx: int) -> Float[Tensor, "head dest src"]:
+    """Layer-0 positional pattern of every head for every destination ``n < n_ctx``.
+
+    The pattern each head would have if every token were ``dest_token``, with
+    the content term dropped (Gibson's ``pi``)::
+
+        x_i   = E[t] + P[i],   s_i = ln_scale(x_i)
+        q_n   = s_n x_n W_Q + b_Q
+        k^P_i = s_i P[i] W_K + b_K
+        pi_n(i) = softmax_{i <= n}(q_n . k^P_i / sqrt(d_head))
+
+    Computed from weights alone, all destinations at once.
+    """
+    W_Q, b_Q, W_K, b_K = _layer0(model)
+    E, P = _E(model)[dest_token], _P(model)[:n_ctx]
+    x = E[None] + P  # [pos, d_model]
+    s = ln_scale(x, model.cfg.eps)[:, None]
+    q = torch.einsum("pd,hde->hpe", s * x, W_Q) + b_Q[:, None]
+    k_pos = torch.einsum("pd,hde->hpe", s * P, W_K) + b_K[:, None]
+    scores = torch.einsum("hne,hie->hni", q, k_pos) / math.sqrt(W_Q.shape[-1])
+    mask = _causal_mask(n_ctx, n_ctx, scores.device)
+    return scores.masked_fill(~mask, float("-inf")).softmax(-1)
+
+
+def identical_token_pattern(model, dest_token: int, n_ctx: int) -> Float[Tensor, "head dest src"]:
+    """Layer-0 pattern measured by running the model on ``n_ctx`` copies of one token (no BOS)."""
+    tokens = torch.full((1, n_ctx), dest_token, device=model.cfg.device)
+    cache = layer0_cache(model, tokens, names=("blocks.0.attn.hook_pattern",))
+    return cache["blocks.0.attn.hook_pattern"][0]
+
+
+def layer0_cache(model, tokens: Tensor, names: Sequence[str] | None = None):
+    """Run only layer 0 (``stop_at_layer=1``) and cache its hooks (all of ``blocks.0`` by default)."""
+    if tokens.ndim == 1:
+        tokens = tokens[None]
+    tokens = tokens.to(model.cfg.device)
+    if names is None:
+        names_filter = lambda name: name.startswith("blocks.0.")  # noqa: E731
+    else:
+        wanted = set(names)
+        names_filter = lambda name: name in wanted  # noqa: E731
+    with torch.no_grad(), warnings.catch_warnings():
+        # The bridge warns about hooks that a "blocks.0." prefix matches but never fire.
+        warnings.filterwarnings("ignore", message="run_with_cache: skipped")
+        _, cache = model.run_with_cache(tokens, names_filter=names_filter, stop_at_layer=LAYER + 1)
+    return cache
+
+
+def tokens_of(model, text: str, max_len: int = 1024) -> Int[Tensor, "pos"]:
+    """``text`` as GPT-2 tokens with ``<|endoftext|>`` first, cut to ``max_len`` tokens."""
+    return model.to_tokens(text, prepend_bos=True)[0, :max_len]
+
+
+# ---------------------------------------------------------------------------
+# 2. The factorisation a = pi c / Z on real text
+# ---------------------------------------------------------------------------
+
+
+def factorise_pattern(
+    model, tokens: Int[Tensor, "pos"], cache
+) -> tuple[Float[Tensor, "head dest src"], Float[Tensor, "head dest src"], Float[Tensor, "head dest"]]:
+    """Split layer 0's attention on ``tokens`` into ``(pi, c, Z)`` with ``a = pi * c / Z[..., None]``.
+
+    With ``s_i = 1 / hook_scale_i`` (the cached LN-1 scale), ``q_n`` the cached query::
+
+        pi_n(i) = softmax_{i<=n}(q_n . (s_i P[i] W_K + b_K) / sqrt(d_head))
+        c_n(i)  = exp(q_n . s_i E[t_i] W_K / sqrt(d_head))      (0 where i > n)
+        Z_n     = sum_{i<=n} pi_n(i) c_n(i)
+    """
+    _, _, W_K, b_K = _layer0(model)
+    n = tokens.shape[-1]
+    s = 1.0 / cache["blocks.0.ln1.hook_scale"][0]  # [pos, 1]
+    q = cache["blocks.0.attn.hook_q"][0].transpose(0, 1)  # [head, pos, d_head]
+    E, P = _E(model)[tokens], _P(model)[:n]
+    k_pos = torch.einsum("pd,hde->hpe", s * P, W_K) + b_K[:, None]
+    k_tok = torch.einsum("pd,hde->hpe", s * E, W_K)
+    scale = math.sqrt(W_K.shape[-1])
+    mask = _causal_mask(n, n, q.device)
+    pi = (torch.einsum("hne,hie->hni", q, k_pos) / scale).masked_fill(~mask, float("-inf")).softmax(-1)
+    c = (torch.einsum("hne,hie->hni", q, k_tok) / scale).exp() * mask
+    Z = (pi * c).sum(-1)
+    return pi, c, Z
+
+
+# ---------------------------------------------------------------------------
+# 3. Classifying heads from their positional patterns
+# ---------------------------------------------------------------------------
+
+
+def head_features(pi: Float[Tensor, "head dest src"], n_min: int = 200) -> Float[Tensor, "head 2"]:
+    """Two numbers per head, averaged over destinations ``n >= n_min``.
+
+    * ``local_mass``: attention on the current and the three previous tokens,
+      ``sum_{k=0..3} pi_n(n - k)``;
+    * ``effective_fraction``: the number of tokens the pattern is spread over,
+      ``N_eff = 1 / sum_i pi_n(i)^2``, divided by the ``n + 1`` tokens it could use.
+    """
+    n_dest = pi.shape[-2]
+    dests = torch.arange(n_min, n_dest, device=pi.device)
+    rows = pi[:, dests]  # [head, dest, src]
+    prev = sum(rows[:, torch.arange(len(dests), device=pi.device), dests - k] for k in (0, 1, 2, 3))
+    n_eff = 1.0 / rows.pow(2).sum(-1)
+    frac = n_eff / (dests + 1).to(pi.dtype)
+    return torch.stack([prev.mean(-1), frac.mean(-1)], dim=-1)
+
+
+#: Thresholds of :func:`classify_heads` (shown to the reader).
+CLASSIFY_THRESHOLDS = {
+    "duplicate": 0.8,  # copy_attention_score above this: a duplicate-token head
+    "local": 0.5,  # local_mass above this: a detokenisation head
+    "spread_min": 0.05,  # contextual: spread over more than 5% ...
+    "spread_max": 0.6,  # ... and less than 60% of the available tokens
+}
+
+#: A contextual head whose copy_attention_score exceeds this also has duplicate-token
+#: behaviour (the write-up says so of head 10): with a fixed destination token its
+#: normaliser counts the earlier copies of that token, so it is left out when
+#: comparing how much the contextual heads' normalisers vary across texts.
+PARTIAL_DUPLICATE = 0.3
+
+
+def classify_heads(
+    features: Float[Tensor, "head 2"],
+    copy_score: Float[Tensor, "head"],
+    thresholds: dict | None = None,
+) -> dict[str, list[int]]:
+    """Groups of heads, decided in this order:
+
+    1. ``duplicate``: ``copy_score > thresholds["duplicate"]``;
+    2. ``detokenisation``: ``local_mass > thresholds["local"]``;
+    3. ``contextual``: ``spread_min < effective_fraction < spread_max``;
+    4. ``unclear``: everything else.
+    """
+    th = dict(CLASSIFY_THRESHOLDS, **(thresholds or {}))
+    groups: dict[str, list[int]] = {"duplicate": [], "detokenisation": [], "contextual": [], "unclear": []}
+    for head in range(features.shape[0]):
+        local, frac = float(features[head, 0]), float(features[head, 1])
+        if float(copy_score[head]) > th["duplicate"]:
+            groups["duplicate"].append(head)
+        elif local > th["local"]:
+            groups["detokenisation"].append(head)
+        elif th["spread_min"] < frac < th["spread_max"]:
+            groups["contextual"].append(head)
+        else:
+            groups["unclear"].append(head)
+    return groups
+
+
+def copy_attention_score(
+    model, period: int = 25, n_repeats: int = 4, n_sequences: int = 4, seed: int = 0
+) -> Float[Tensor, "head"]:
+    """Attention on copies of the current token (itself included), per layer-0 head.
+
+    Sequences ``<|endoftext|>`` + ``period`` random tokens repeated ``n_repeats``
+    times; the score is the attention mass on positions holding the current
+    token, averaged over the destinations of the repeats. A head that attends
+    only to copies scores 1 (a token is its own copy); one that ignores
+    content scores about ``(copies + 1) / (tokens it spreads over)``.
+    (Chapter 1 studies these heads in depth.)
+    """
+    g = torch.Generator().manual_seed(seed)
+    block = torch.randint(1000, 20000, (n_sequences, period), generator=g)
+    bos = torch.full((n_sequences, 1), 50256)
+    tokens = torch.cat([bos, block.repeat(1, n_repeats)], dim=1)
+    cache = layer0_cache(model, tokens, names=("blocks.0.attn.hook_pattern",))
+    pattern = cache["blocks.0.attn.hook_pattern"]  # [batch, head, dest, src]
+    same = (tokens[:, :, None] == tokens[:, None, :]) & _causal_mask(tokens.shape[1], tokens.shape[1], "cpu")
+    same = same.to(pattern.device)
+    mass = (pattern * same[:, None]).sum(-1)  # [batch, head, dest]
+    return mass[:, :, 1 + period :].mean((0, 2))
+
+
+#: General English function words (the usual stopword lists' core), for measuring
+#: how much of a text is stopwords. Punctuation and newlines count as stopwords too.
+STOPWORDS = (
+    "a about above after again against all am an and any are as at be because been before being "
+    "below between both but by can could did do does doing down during each few for from further "
+    "had has have having he her here hers herself him himself his how i if in into is it its itself "
+    "just me more most my myself no nor not now of off on once only or other our ours ourselves out "
+    "over own same she should so some such than that the their theirs them themselves then there "
+    "these they this those through to too under until up very was we were what when where which "
+    "while who whom why will with would you your yours yourself yourselves shall unto thee thou"
+).split()
+
+
+def stopword_ids(model) -> Tensor:
+    """Token ids of :data:`STOPWORDS` (lower case and capitalised, with and without a
+    leading space, where that is one token), punctuation and newlines."""
+    words = [p + w for w in STOPWORDS for p in ("", " ")]
+    words += [p + w.capitalize() for w in STOPWORDS for p in ("", " ")]
+    words += list(",.;:!?") + ["\n", "\n\n"]
+    ids = set()
+    for w in words:
+        toks = model.to_tokens(w, prepend_bos=False)[0]
+        if len(toks) == 1:
+            ids.add(int(toks[0]))
+    return torch.tensor(sorted(ids))
+
+
+def stopword_fraction(model, tokens: Tensor, skip: int = 1) -> float:
+    """Fraction of ``tokens[skip:]`` that are stopwords (:func:`stopword_ids`)."""
+    ids = stopword_ids(model).to(tokens.device)
+    return float(torch.isin(tokens[skip:], ids).float().mean())
+
+
+# ---------------------------------------------------------------------------
+# 4. Normalisation factors with a fixed destination token
+# ---------------------------------------------------------------------------
+
+
+def _layer0_keys(model, tokens: Tensor):
+    """(s [pos, 1], content keys, positional keys [head, pos, d_head]) of a token sequence."""
+    _, _, W_K, b_K = _layer0(model)
+    E, P = _E(model)[tokens], _P(model)[: tokens.shape[-1]]
+    s = ln_scale(E + P, model.cfg.eps)[:, None]
+    k_tok = torch.einsum("pd,hde->hpe", s * E, W_K)
+    k_pos = torch.einsum("pd,hde->hpe", s * P, W_K) + b_K[:, None]
+    return s, k_tok, k_pos
+
+
+def _dest_queries(model, dest_token: int, n: int) -> Float[Tensor, "head pos d_head"]:
+    W_Q, b_Q, _, _ = _layer0(model)
+    x = _E(model)[dest_token][None] + _P(model)[:n]
+    s = ln_scale(x, model.cfg.eps)[:, None]
+    return torch.einsum("pd,hde->hpe", s * x, W_Q) + b_Q[:, None]
+
+
+def normalisation_factors(model, tokens: Int[Tensor, "pos"], dest_token: int) -> Float[Tensor, "head pos"]:
+    """``Z_n = sum_{j<=n} pi_n(j) c_n(j)`` of every layer-0 head, with the query of ``dest_token``.
+
+    The sources are the real tokens (with their LN scales); only the
+    destination's token is replaced by ``dest_token`` (Gibson fixes ``' the'``).
+    From the weights alone: ``log Z_n = logsumexp_j(full score) - logsumexp_j(positional score)``.
+    """
+    n = tokens.shape[-1]
+    q = _dest_queries(model, dest_token, n)
+    _, k_tok, k_pos = _layer0_keys(model, tokens)
+    scale = math.sqrt(q.shape[-1])
+    mask = _causal_mask(n, n, q.device)
+    pos = (torch.einsum("hne,hie->hni", q, k_pos) / scale).masked_fill(~mask, float("-inf"))
+    tok = torch.einsum("hne,hie->hni", q, k_tok) / scale
+    return (torch.logsumexp(pos + tok, -1) - torch.logsumexp(pos, -1)).exp()
+
+
+def content_weights(
+    model, token_ids: Tensor | None = None, dest_token: int = 262, dest_pos: int = 500,
+    scales: Tensor | None = None,
+) -> Float[Tensor, "head tokens"]:
+    """``c_h(t) = exp(q_h . s(t) E[t] W_K^h / sqrt(d_head))`` for each token (all by default).
+
+    ``q_h`` is head ``h``'s query of ``dest_token`` (``' the'`` = 262) at
+    position ``dest_pos``; ``s(t)`` the linearised LN scale
+    (:func:`token_ln_scale`) unless ``scales`` gives one per token.
+    """
+    _, _, W_K, _ = _layer0(model)
+    q = _dest_queries(model, dest_token, dest_pos + 1)[:, dest_pos]  # [head, d_head]
+    qk = torch.einsum("hde,he->hd", W_K, q) / math.sqrt(W_K.shape[-1])  # [head, d_model]
+    E = _E(model) if token_ids is None else _E(model)[token_ids]
+    s = token_ln_scale(model, token_ids) if scales is None else scales
+    return ((E @ qk.T) * s[:, None]).T.exp()
+
+
+def independent_model_variance(
+    pi: Float[Tensor, "head dest src"], c_values: Float[Tensor, "head samples"]
+) -> Float[Tensor, "head dest"]:
+    """Variance of ``Z_n`` if the ``c(t_j)`` were independent draws: ``sigma^2 * sum_j pi_n(j)^2``.
+
+    ``sigma^2`` is the (unbiased) variance of each head's ``c_values``.
+    """
+    sigma2 = c_values.var(-1, unbiased=True)
+    return sigma2[:, None] * pi.pow(2).sum(-1)
+
+
+# ---------------------------------------------------------------------------
+# 5. Extended embeddings and token contributions
+# ---------------------------------------------------------------------------
+
+
+def extended_embeddings(
+    model,
+    heads: Sequence[int],
+    Z: Float[Tensor, "head"],
+    token_ids: Tensor | None = None,
+    dest_token: int = 262,
+    dest_pos: int = 500,
+) -> Float[Tensor, "tokens d_model"]:
+    """``e~(t) = sum_{h in heads} c_h(t) / Z_h * s(t) E[t] W_V^h W_O^h`` for each token.
+
+    ``Z`` holds one typical normaliser per head of ``heads`` (same order);
+    ``c_h`` from :func:`content_weights`, ``s(t)`` from :func:`token_ln_scale`.
+    All tokens by default (computed head-batched: no loop over tokens).
+    """
+    heads = list(heads)
+    c = content_weights(model, token_ids, dest_token, dest_pos)[heads]  # [h, tokens]
+    s = token_ln_scale(model, token_ids)
+    E = _E(model) if token_ids is None else _E(model)[token_ids]
+    W_V = layer0_weights(model)["W_V"][heads]  # [h, d, e]
+    W_O = layer0_weights(model)["W_O"][heads]  # [h, e, d]
+    weight = (c / Z[:, None].to(c.device, c.dtype)) * s[None]  # [h, tokens]
+    out = torch.zeros(E.shape[0], E.shape[1], dtype=E.dtype, device=E.device)
+    for j in range(len(heads)):  # a loop over heads only
+        out += (weight[j][:, None] * (E @ W_V[j])) @ W_O[j]
+    return out
+
+
+def token_contributions(
+    ext: Float[Tensor, "tokens d_model"], w_in: Float[Tensor, "d_model"], ln2_scale: float
+) -> Float[Tensor, "tokens"]:
+    """One neuron's token-contribution vector ``ln2_scale * e~(t) . W_in[:, k]``."""
+    return ln2_scale * (ext @ w_in)
+
+
+def contribution_summary(
+    ext: Float[Tensor, "tokens d_model"],
+    W_in: Float[Tensor, "d_model d_mlp"],
+    ln2_scale: float,
+    k: int = 20,
+    chunk_size: int = 8192,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Top and bottom ``k`` tokens of every neuron's contribution vector, in chunks of tokens.
+
+    The contribution matrix ``C = ln2_scale * ext @ W_in`` [tokens, d_mlp] is
+    never held whole: each chunk of ``chunk_size`` tokens is computed (as
+    ``[d_mlp, chunk]``), merged into the running top/bottom ``k`` and the
+    running sums, and dropped.
+
+    Returns ``(top_values, top_tokens, bottom_values, bottom_tokens, mean, std)``:
+    ``[d_mlp, k]`` (top in decreasing, bottom in increasing order; token ids
+    index ``ext``'s rows) and ``[d_mlp]`` (mean and population std over tokens).
+    """
+    n_tokens, d_mlp = ext.shape[0], W_in.shape[1]
+    dev, dt = ext.device, ext.dtype
+    W_T = W_in.T.contiguous()
+    top_v = torch.full((d_mlp, k), -float("inf"), device=dev, dtype=dt)
+    bot_v = torch.full((d_mlp, k), float("inf"), device=dev, dtype=dt)
+    top_i = torch.zeros((d_mlp, k), dtype=torch.long, device=dev)
+    bot_i = torch.zeros((d_mlp, k), dtype=torch.long, device=dev)
+    total = torch.zeros(d_mlp, device=dev, dtype=torch.float64)
+    total_sq = torch.zeros(d_mlp, device=dev, dtype=torch.float64)
+    for start in range(0, n_tokens, chunk_size):
+        C = ln2_scale * (W_T @ ext[start : start + chunk_size].T)  # [d_mlp, chunk]
+        ids = torch.arange(start, start + C.shape[1], device=dev).expand_as(C)
+        total += C.sum(1).double()
+        total_sq += C.square().sum(1).double()
+        top_v, pos = torch.cat([top_v, C], dim=1).topk(k, dim=1)
+        top_i = torch.cat([top_i, ids], dim=1).gather(1, pos)
+        bot_v, pos = torch.cat([bot_v, C], dim=1).topk(k, dim=1, largest=False)
+        bot_i = torch.cat([bot_i, ids], dim=1).gather(1, pos)
+    mean = total / n_tokens
+    std = (total_sq / n_tokens - mean.pow(2)).clamp_min(0).sqrt()
+    return top_v, top_i, bot_v, bot_i, mean.to(dt), std.to(dt)
+
+
+def mean_contribution_per_text(
+    ext: Float[Tensor, "tokens d_model"],
+    W_in: Float[Tensor, "d_model d_mlp"],
+    ln2_scale: float,
+    texts_tokens: Sequence[Tensor],
+    skip: int = 1,
+) -> Float[Tensor, "texts d_mlp"]:
+    """Average contribution of each text's tokens to every neuron (weights + token counts only).
+
+    ``M[x] = ln2_scale * mean_{i >= skip} e~(t_i) @ W_in``: the bag of tokens of
+    a whole text, without running the model. Only the tokens that occur are used.
+    """
+    rows = []
+    for toks in texts_tokens:
+        toks = toks[skip:].to(ext.device)
+        uniq, counts = toks.unique(return_counts=True)
+        weights = counts.to(ext.dtype) / counts.sum()
+        rows.append(ln2_scale * ((weights @ ext[uniq]) @ W_in))
+    return torch.stack(rows)
+
+
+def tail_scores(summary: tuple, k: int = 20) -> tuple[Float[Tensor, "d_mlp"], Float[Tensor, "d_mlp"]]:
+    """How far each neuron's top and bottom ``k`` token contributions stand out, in standard deviations.
+
+    ``top = (mean of the top k - mean) / std``, ``bottom = (mean - mean of the bottom k) / std``
+    from :func:`contribution_summary`'s output. For Gaussian contributions
+    over 50,257 tokens both are about 4; a neuron that reads a few dozen tokens
+    far more than the rest scores much higher.
+    """
+    top_v, _, bot_v, _, mean, std = summary
+    return (top_v[:, :k].mean(1) - mean) / std, (mean - bot_v[:, :k].mean(1)) / std
+
+
+def text_selectivity(M: Float[Tensor, "texts d_mlp"], std: Float[Tensor, "d_mlp"]) -> Float[Tensor, "texts d_mlp"]:
+    """Mean contribution of each text minus the median over texts, in units of each neuron's
+    per-token standard deviation (:func:`mean_contribution_per_text`, :func:`contribution_summary`)."""
+    return (M - M.median(0).values) / std
+
+
+def variation_across_texts(Z_by_text: dict, n_min: int = 300) -> Float[Tensor, "head"]:
+    """Coefficient of variation across texts of each head's mean ``Z_n`` over ``n >= n_min``."""
+    means = torch.stack([Z[:, n_min:].mean(-1) for Z in Z_by_text.values()])  # [text, head]
+    return means.std(0) / means.mean(0)
+
+
+# ---------------------------------------------------------------------------
+# 6. Predicting a neuron's activation along a text
+# ---------------------------------------------------------------------------
+
+
+def per_head_token_contributions(
+    model, heads: Sequence[int], neuron: int, ln2_scale: float,
+    token_ids: Tensor | None = None, dest_token: int = 262, dest_pos: int = 500,
+    scales: Tensor | None = None,
+) -> Float[Tensor, "head tokens"]:
+    """``T_h(t) = ln2_scale * c_h(t) s(t) E[t] W_V^h W_O^h W_in[:, neuron]`` (no ``1/Z_h`` yet).
+
+    ``s(t)``: :func:`token_ln_scale` unless ``scales`` gives one per token.
+    """
+    heads = list(heads)
+    lw = layer0_weights(model)
+    w = lw["W_in"][:, neuron]
+    ov_w = torch.einsum("hde,hef,f->hd", lw["W_V"][heads], lw["W_O"][heads], w)
+    E = _E(model) if token_ids is None else _E(model)[token_ids]
+    s = token_ln_scale(model, token_ids) if scales is None else scales
+    c = content_weights(model, token_ids, dest_token, dest_pos, scales=s)[heads]
+    return ln2_scale * c * s[None] * (E @ ov_w.T).T
+
+
+def bag_of_tokens_prediction(
+    T: Float[Tensor, "head vocab"],
+    tokens: Int[Tensor, "pos"],
+    pi: Float[Tensor, "head dest src"],
+    Z: Float[Tensor, "head dest"],
+) -> Float[Tensor, "dest"]:
+    """The contextual heads' contribution to a neuron along a text::
+
+        sum_h (1 / Z_h(n)) sum_{i <= n} pi_h,n(i) T_h(t_i)
+
+    ``T`` holds each head's token contributions (:func:`per_head_token_contributions`),
+    ``pi`` the heads' positional patterns (causal: zero above the diagonal) and
+    ``Z`` their normalisers at each destination.
+    """
+    n = tokens.shape[-1]
+    return (torch.einsum("hni,hi->hn", pi[:, :n, :n], T[:, tokens]) / Z[:, :n]).sum(0)
+
+
+@dataclass
+class Layer0Approximation:
+    """The constants of the weights-only prediction (fitted on one control text)."""
+
+    contextual_heads: list[int]
+    dest_token: int
+    pi: Tensor  # [head, n_ctx, n_ctx] positional patterns of all heads, destination dest_token
+    Z_curve: Tensor  # [head, n_ctx] normalisers along the control text
+    Z_median: Tensor  # [head] median over positions >= 100
+    ln2_scale: float  # median LN-2 multiplier on the control text
+
+
+def fit_layer0_approximation(
+    model, control_tokens: Tensor, contextual_heads: Sequence[int], dest_token: int = 262, n_ctx: int | None = None
+) -> Layer0Approximation:
+    """Positional patterns (for ``n_ctx`` positions, default the model's context), the
+    normalisers along the control text (past its end: their median over positions
+    ``>= 100``) and the median LN-2 scale on the control text."""
+    n_ctx = n_ctx or model.cfg.n_ctx
+    pi = positional_pattern(model, dest_token, n_ctx)
+    ctrl = control_tokens[:n_ctx]
+    Z = normalisation_factors(model, ctrl, dest_token)
+    median = Z[:, 100:].median(-1).values
+    if Z.shape[-1] < n_ctx:
+        Z = torch.cat([Z, median[:, None].expand(-1, n_ctx - Z.shape[-1])], dim=-1)
+    cache = layer0_cache(model, ctrl, names=("blocks.0.ln2.hook_scale",))
+    ln2 = float((1.0 / cache["blocks.0.ln2.hook_scale"][0, 100:, 0]).median())
+    return Layer0Approximation(list(contextual_heads), dest_token, pi, Z, median, ln2)
+
+
+def predict_preactivation(
+    model, tokens: Int[Tensor, "pos"], neuron: int, approx: Layer0Approximation, bag_fn=None
+) -> Float[Tensor, "pos"]:
+    """Weights-only prediction of MLP-0 neuron ``neuron``'s pre-activation along ``tokens``.
+
+    As in the write-up: contextual heads by the bag of tokens
+    (:func:`bag_of_tokens_prediction`, normalisers from the control text); the
+    other heads' token part as if they attended to the current token only;
+    every head's positional part through its positional pattern; the direct
+    ``E`` and ``P`` paths; LN-1 linearised per token, LN-2 by one constant.
+    ``bag_fn`` replaces :func:`bag_of_tokens_prediction` (e.g. by a reader's own).
+    """
+    n = tokens.shape[-1]
+    ctx = approx.contextual_heads
+    others = [h for h in range(model.cfg.n_heads) if h not in ctx]
+    lw = layer0_weights(model)
+    w = lw["W_in"][:, neuron]
+    W_V, W_O = lw["W_V"], lw["W_O"]
+    ov_w = torch.einsum("hde,hef,f->hd", W_V, W_O, w)  # [head, d_model]
+    E, P = _E(model)[tokens], _P(model)[:n]
+    s_pos = ln_scale(E + P, model.cfg.eps)  # LN-1 scale of each position (from weights and tokens)
+    direct = (E + P + lw["b_O"]) @ w
+    pos_values = ((s_pos[:, None] * P) @ ov_w.T).T  # [head, src]
+    positional = torch.einsum("hni,hi->n", approx.pi[:, :n, :n], pos_values)
+    other_tok = (s_pos[:, None] * E) @ ov_w[others].sum(0)
+    # Token contributions of the sequence's tokens at their own LN scales: [head, pos].
+    T = per_head_token_contributions(model, ctx, neuron, 1.0, tokens, approx.dest_token, scales=s_pos)
+    pi_ctx = approx.pi[ctx][:, :n, :n]
+    Z_ctx = approx.Z_curve[ctx][:, :n]
+    bag = (bag_fn or bag_of_tokens_prediction)(T, torch.arange(n, device=T.device), pi_ctx, Z_ctx)
+    b_in = lw["b_in"][neuron]
+    return approx.ln2_scale * (direct + positional + other_tok + bag) + b_in
+
+
+def prediction_errors(pred: Tensor, actual: Tensor, n_min: int = 100) -> dict[str, float]:
+    """RMSE, correlation and sign agreement (the decision boundary ``pre > 0``) over positions ``>= n_min``."""
+    p, a = pred[n_min:].double(), actual[n_min:].double()
+    return {
+        "rmse": float((p - a).pow(2).mean().sqrt()),
+        "corr": float(torch.corrcoef(torch.stack([p, a]))[0, 1]),
+        "sign_agreement": float(((p > 0) == (a > 0)).double().mean()),
+        "actual_std": float(a.std()),
+    }
+
+
+def contextual_output(model, tokens: Int[Tensor, "pos"], heads: Sequence[int]) -> Float[Tensor, "pos d_model"]:
+    """The summed layer-0 output ``sum_h z_h W_O^h`` of ``heads``, from a forward pass."""
+    heads = list(heads)
+    cache = layer0_cache(model, tokens, names=("blocks.0.attn.hook_z",))
+    z = cache["blocks.0.attn.hook_z"][0][:, heads]  # [pos, head, d_head]
+    return torch.einsum("phe,hed->pd", z, layer0_weights(model)["W_O"][heads])
+
+
+def bag_of_tokens_output(
+    model, tokens: Int[Tensor, "pos"], heads: Sequence[int], approx: Layer0Approximation, ext: Tensor
+) -> Float[Tensor, "pos d_model"]:
+    """The write-up's approximation of the contextual heads' summed output along ``tokens``::
+
+        sum_h sum_i pi_h,n(i) s_i P[i] W_V^h W_O^h  +  sum_i pi_n(i) e~(t_i)
+
+    with ``pi`` one positional pattern shared by the heads (their mean) and
+    ``e~`` the extended embeddings (median normalisers).
+    """
+    heads = list(heads)
+    n = tokens.shape[-1]
+    w = layer0_weights(model)
+    P = _P(model)[:n]
+    s = ln_scale(_E(model)[tokens] + P, model.cfg.eps)[:, None]
+    pi = approx.pi[heads][:, :n, :n]
+    pvo = torch.einsum("hni,hid->nd", pi, torch.einsum("pd,hde,hef->hpf", s * P, w["W_V"][heads], w["W_O"][heads]))
+    return pvo + pi.mean(0) @ ext[tokens]
+
+
+def cosine_per_position(a: Tensor, b: Tensor) -> Tensor:
+    """Cosine similarity of the rows of two [pos, d] tensors."""
+    return torch.nn.functional.cosine_similarity(a, b, dim=-1)
+
+
+def actual_preactivation(model, tokens: Int[Tensor, "pos"], neurons: Sequence[int] | int) -> Tensor:
+    """Pre-activations (``blocks.0.mlp.hook_pre``) of MLP-0 neurons along ``tokens``: [pos] or [pos, k]."""
+    cache = layer0_cache(model, tokens, names=("blocks.0.mlp.hook_pre",))
+    return cache["blocks.0.mlp.hook_pre"][0][:, neurons]
+
+
+# ---------------------------------------------------------------------------
+# 7. Appendix: splitting a contribution vector with an SVD
+# ---------------------------------------------------------------------------
+
+
+def contribution_components(
+    rows: Float[Tensor, "tokens d_model"], w: Float[Tensor, "d_model"], k: int
+) -> Float[Tensor, "tokens k"]:
+    """Split ``rows @ w`` into the parts carried by the top ``k`` singular directions of ``rows``.
+
+    With ``rows = U S V^T``: ``part_j(t) = U[t, j] S[j] (V[:, j] . w)``, so
+    ``sum_j part_j = rows @ w`` when ``k`` is the rank. Independent of SVD signs.
+    """
+    U, S, Vh = torch.linalg.svd(rows, full_matrices=False)
+    return (U[:, :k] * S[:k] * (Vh[:k] @ w)).contiguous()
+
+
+# ---------------------------------------------------------------------------
+# Figures (chapter-specific)
+# ---------------------------------------------------------------------------
+
+
+def plot_positional_grid(pi_row: Tensor, real_row: Tensor, *, model, side: int = 20, title: str = "", show: bool = True):
+    """Each head's positional pattern (``[head, side*side]``) as a ``side x side`` image, next to a real pattern."""
+    from exercises_lib.plotting import imshow
+
+    n_heads = pi_row.shape[0]
+    imgs = torch.stack([torch.stack([pi_row[h], real_row[h]]) for h in range(n_heads)])  # [head, 2, L]
+    imgs = imgs.reshape(n_heads * 2, side, side)
+    labels = [f"{h} {kind}" for h in range(n_heads) for kind in ("pos.", "real")]
+    return imshow(
+        imgs, model=model, facet_col=0, facet_col_wrap=8, facet_labels=labels, centred=False,
+        color_continuous_scale="Blues", zmax=float(imgs.quantile(0.995)), title=title, height=480, width=1000,
+        labels={"color": "attention"}, show=show, facet_row_spacing=0.04, facet_col_spacing=0.01,
+    )
+
+
+def plot_normalisers(
+    Z_by_text: dict, *, model, heads: Sequence[int] | None = None, step: int = 1, title: str = "", show: bool = True
+):
+    """``Z_n`` against ``n``: one panel per head, one line per text (``Z[h, j]`` at ``n = j * step``)."""
+    import plotly.graph_objects as go
+    from plotly.colors import qualitative
+    from plotly.subplots import make_subplots
+
+    from exercises_lib.plotting import figure_title
+
+    heads = list(heads) if heads is not None else list(range(next(iter(Z_by_text.values())).shape[0]))
+    cols = 4
+    rows = math.ceil(len(heads) / cols)
+    fig = make_subplots(rows=rows, cols=cols, subplot_titles=[f"head {h}" for h in heads])
+    for j, (name, Z) in enumerate(Z_by_text.items()):
+        colour = qualitative.Plotly[j % len(qualitative.Plotly)]
+        for k, h in enumerate(heads):
+            fig.add_trace(
+                go.Scatter(x=list(range(0, step * Z.shape[-1], step)), y=Z[h].detach().cpu().float().numpy().round(4),
+                           mode="lines", name=name, legendgroup=name,
+                           showlegend=k == 0, line=dict(color=colour, width=1)),
+                row=k // cols + 1, col=k % cols + 1,
+            )
+    fig.update_layout(title=figure_title(title, model), height=230 * rows + 80)
+    fig.update_yaxes(type="log")
+    fig.update_xaxes(title_text="destination position n", row=rows)
+    if show:
+        fig.show()
+        return None
+    return fig
+
+
+def plot_token_contributions(values: Tensor, labels: Sequence[str], *, model, title: str = "", show: bool = True):
+    """Bars of a neuron's largest and smallest token contributions."""
+    from exercises_lib.plotting import bar
+
+    vals = values.detach().cpu()
+    shown = [repr(s)[1:-1] for s in labels]
+    colours = ["positive" if v > 0 else "negative" for v in vals.tolist()]
+    return bar(
+        vals, x=shown, model=model, title=title, color=colours, show=show,
+        labels={"x": "token", "y": "contribution", "color": ""},
+        color_discrete_map={"positive": "#2166ac", "negative": "#b2182b"},
+    )
