@@ -1,0 +1,271 @@
+"""Plant: a polysemantic layer-1 head in the attn-only-4l stand-in (chapter 3).
+
+Jett, cmathw and StefanHex (2023) found that head 1.4 of TransformerLens's
+``attn-only-4l`` does several unrelated things depending on the destination
+token: previous-token attention, induction, attention from a newline+indent
+token to lines of bigger indentation, and nothing at all (attending to BOS).
+This plant gives the stand-in a head with the first two and the last of these
+behaviours, plus the circuits the head needs:
+
+* a **layer-0 previous-token head** (default 0.7) whose query is the key
+  rotated back by one position (the trick of :mod:`.positional`), so it
+  attends from position ``i`` to ``i - 1``; its OV circuit copies a 43-dim
+  code ``M e`` of the attended token's embedding into a fresh subspace
+  ``poly.prev_token``. After layer 0, position ``i`` therefore holds the
+  identity of token ``i - 1``.
+* the **polysemantic head** (default 1.4). Its attention score is a sum of
+  three terms, each in its own head dimensions:
+
+  - *previous token*: the rotation trick again, with the 10 fastest sinusoid
+    pairs of the positional embedding (20 dims);
+  - *induction* (K-composition): the query reads the code ``M e`` of the
+    current token, the key reads ``poly.prev_token``, written by the layer-0
+    head: the score is large at sources whose previous token equals the
+    current one, larger than the previous-token score, so induction wins when
+    an earlier copy exists;
+  - *inactive*: the key reads a ``poly.bos`` feature that only the BOS token
+    has, the query reads a ``poly.inactive`` feature that single letters and
+    numbers (``' R'``, ``'x'``, ``' 2'``...) carry, so on those tokens the
+    head attends to BOS (the write-up found 1.4 inactive on ``' R'``).
+
+  Its OV circuit copies a 60-dim code ``C e`` of the attended token into the
+  subspace ``poly.copy_out``, which the unembedding reads back as that token,
+  and carries one skip-trigram association of the kind code models learn:
+  a source ``'__'`` (as in ``__init__``) raises ``'self'``.
+
+The unembedding of the stand-in is rebuilt so that predictions come from
+these circuits (it reads ``poly.copy_out``), plus one bigram on the direct
+path, ``'('`` -> ``'self'``. The BOS token's embedding is replaced by the
+``poly.bos`` feature alone, so its value vector carries nothing to copy:
+making the head attend to BOS removes its output (a real ablation).
+
+Bigger-indentation attention is *not* planted: with GPT-2's tokenizer, which
+the stand-in uses, indentation is spelled one space per token, so there are
+no newline+indent tokens to attend from or to.
+
+Placement keys: ``prev_layer``, ``prev_head`` (the layer-0 previous-token
+head) and ``layer``, ``head`` (the polysemantic head); ``prev_layer`` must be
+below ``layer``.
+
+Taught in: chapter 3 (a polysemantic attention head).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+import torch
+
+from exercises_lib.standin import TOKEN_NORM, StandinBuild, register_plant
+
+DEFAULT_PLACEMENT = {"prev_layer": 0, "prev_head": 7, "layer": 1, "head": 4}
+
+#: Sizes of the codes and of the positional part (head dims of 64 in all).
+MATCH_DIMS = 43  # token code the layer-0 head moves and the induction QK matches
+COPY_DIMS = 60  # token code the polysemantic head copies to the output
+PREV_FREQUENCIES = 10  # fastest sinusoid pairs used by the head's previous-token term
+
+#: Attention scores (logits before softmax) the plant aims at.
+PREV0_GAP = 7.0  # layer-0 head: score gap between i - 1 and its neighbours
+PREV_GAP = 5.0  # polysemantic head: the same gap (its peak is about 10.4)
+INDUCTION_SCORE = 20.0  # a perfect induction match
+INACTIVE_SCORE = 14.0  # BOS, from an inactive token
+
+#: Output sizes.
+PREV_WRITE = 0.4  # gain of the layer-0 head's OV (its write has norm ~2.5)
+COPY_GAIN = 0.5  # gain of the polysemantic head's OV copy
+COPY_LOGIT = 14.0  # logit of the copied token when the head attends only to it
+ASSOCIATIONS = (("__", "self", 0.8),)  # (source, output, logit relative to a copy)
+BIGRAMS = (("(", "self", 9.8),)  # direct path: (current token, next token, logit)
+INACTIVE_FEATURE = 1.5  # size of the ``poly.inactive`` feature in the embedding
+#: Frequent tokens of Python source whose codes are made mutually orthogonal.
+COMMON_CODE_TOKENS = [
+    "(", ")", ":", ",", ".", "\n", "\n\n", " ", " =", "=", "__", " __", "init", " def", "self",
+    " self", "):", " return", " in", " if", " for", "[", "]", " (", "'", '"', " import", " from",
+    " class", "_", " None", " not", " is", " +", " ==", "\t", "#", " #", "()", " else", " or",
+]
+
+
+def _token_basis(build: StandinBuild) -> torch.Tensor:
+    """The orthonormal directions [n_tok, d_model] the base gave to token embeddings.
+
+    Read from the layout (the number of directions is the base's choice); an
+    SVD of ``W_E`` would give the same subspace, but its basis can change with
+    the LAPACK build and thread count, and the plant must be deterministic.
+    """
+    tok = build.layout._named.get("tok")  # noqa: SLF001 - the layout has no public lookup by name alone
+    if tok is None:
+        raise RuntimeError("the base weights have no 'tok' directions")
+    return tok
+
+
+def inactive_token_ids(tokenizer) -> list[int]:
+    """Tokens on which the stand-in's polysemantic head is inactive: single letters and numbers."""
+    pattern = re.compile(r"^\s?([A-Za-z]|[0-9]+)$")
+    ids = []
+    for token, idx in tokenizer.get_vocab().items():
+        text = tokenizer.convert_tokens_to_string([token])
+        if pattern.match(text):
+            ids.append(idx)
+    return sorted(ids)
+
+
+def _layer_scale(build: StandinBuild, extra_norm: float) -> float:
+    """Typical LayerNorm scale sqrt(d)/|x| of a residual with an extra component of norm ``extra_norm``."""
+    d = build.cfg["d_model"]
+    token_pos = math.sqrt(d) / build.pos_term_scale()  # |E + P|
+    return math.sqrt(d) / math.sqrt(token_pos**2 + extra_norm**2)
+
+
+def _plant_rotation(build, layer, head, n_freq, gap, scale) -> float:
+    """Previous-token QK from the ``n_freq`` fastest sinusoid pairs; returns the peak score."""
+    omega = build.cfg["_pos_omega"][:n_freq]
+    amp = build.cfg["_pos_wave_amp"]
+    dims = build.layout.head_dims(layer, head, "qk", 2 * n_freq)
+    cos_dirs = build.layout.direction("pos.cos", build.cfg["_pos_omega"].shape[0])[:n_freq]
+    sin_dirs = build.layout.direction("pos.sin", build.cfg["_pos_omega"].shape[0])[:n_freq]
+    d_head = build.cfg["d_head"]
+    unit_gap = float((1 - torch.cos(omega)).sum())
+    # q_n . k_i = scale^2 * beta * sum_k cos(w_k (n - 1 - i)): the amplitude of
+    # the sinusoids cancels (keys and queries divide by it).
+    beta = gap * math.sqrt(d_head) / (unit_gap * scale**2)
+    W_Q = build.w(f"blocks.{layer}.attn.W_Q")[head]
+    W_K = build.w(f"blocks.{layer}.attn.W_K")[head]
+    c, sn = torch.cos(omega), torch.sin(omega)
+    for k in range(n_freq):
+        a, b = dims.start + 2 * k, dims.start + 2 * k + 1
+        W_K[:, a] = cos_dirs[k] / amp
+        W_K[:, b] = sin_dirs[k] / amp
+        W_Q[:, a] = beta * (c[k] * cos_dirs[k] + sn[k] * sin_dirs[k]) / amp
+        W_Q[:, b] = beta * (-sn[k] * cos_dirs[k] + c[k] * sin_dirs[k]) / amp
+    for name in ("b_Q", "b_K"):
+        build.w(f"blocks.{layer}.attn.{name}")[head][dims] = 0.0
+    return gap * n_freq / unit_gap
+
+
+@register_plant(
+    "polysemantic",
+    models=("attn-only-4l",),
+    default_placement=DEFAULT_PLACEMENT,
+    description="layer-0 previous-token head and a layer-1 head doing previous-token, induction and inactive",
+    order=30,
+)
+def plant_polysemantic_head(build: StandinBuild, where: dict) -> None:
+    L0, H0, L1, H1 = where["prev_layer"], where["prev_head"], where["layer"], where["head"]
+    if L0 >= L1:
+        raise ValueError(f"the previous-token head ({L0}.{H0}) must be in a layer below {L1}.{H1}")
+    d_head = build.cfg["d_head"]
+    tok = _token_basis(build)
+    M = tok[:MATCH_DIMS]  # [k_m, d]
+    C = tok[MATCH_DIMS : MATCH_DIMS + COPY_DIMS]  # [k_c, d]
+    n_tok = tok.shape[0]
+    prev_dirs = build.layout.direction("poly.prev_token", MATCH_DIMS)
+    out_dirs = build.layout.direction("poly.copy_out", COPY_DIMS)
+    bos_dir = build.layout.direction("poly.bos", 1)[0]
+    inactive_dir = build.layout.direction("poly.inactive", 1)[0]
+    assoc_dirs = build.layout.direction("poly.associations", len(ASSOCIATIONS))
+    W_E = build.w("embed.W_E")
+    # Re-draw the token embeddings so that every token's two codes have the
+    # same norm (random projections would make some tokens' matches weaker
+    # than others); the rest of each embedding keeps the token's norm.
+    coords = W_E @ tok.T  # [vocab, n_tok]
+    norms = coords.norm(dim=-1, keepdim=True)
+    parts = [coords[:, :MATCH_DIMS], coords[:, MATCH_DIMS : MATCH_DIMS + COPY_DIMS], coords[:, MATCH_DIMS + COPY_DIMS :]]
+    code_sizes = [TOKEN_NORM * math.sqrt(p.shape[1] / n_tok) for p in parts[:2]]
+    rest = (norms**2 - sum(r**2 for r in code_sizes)).clamp_min(0.25).sqrt()
+    sizes = code_sizes + [rest]
+    # The most common tokens of Python code get mutually orthogonal codes, so
+    # they never mistake one another (a real model separates them well too).
+    common = [t for t in build.tokenizer.convert_tokens_to_ids(
+        [build.tokenizer.tokenize(w)[0] for w in COMMON_CODE_TOKENS if len(build.tokenizer.tokenize(w)) == 1]
+    )]
+    for k in range(2):
+        q, _ = torch.linalg.qr(parts[k][common].T)  # [code dims, n_common]
+        parts[k][common] = q.T * parts[k][common].norm(dim=-1, keepdim=True)
+    coords = torch.cat([p / p.norm(dim=-1, keepdim=True) * r for p, r in zip(parts, sizes)], dim=-1)
+    W_E[:] = coords @ tok
+    w_e_tok = W_E.clone()  # the token part of every embedding, before the features below
+
+    # Embedding features: BOS is only "BOS"; single letters and numbers carry "inactive".
+    bos = build.tokenizer.bos_token_id
+    W_E[bos] = TOKEN_NORM * bos_dir
+    inactive = [t for t in inactive_token_ids(build.tokenizer) if t != bos]
+    W_E[inactive] += INACTIVE_FEATURE * inactive_dir
+
+    # Typical LayerNorm scales: layer-0 inputs, layer-1 inputs (with the write
+    # of the layer-0 head), and BOS at layer 1 (position 0 has a large
+    # positional component).
+    s0 = build.pos_term_scale()
+    code_norm2 = TOKEN_NORM**2 * MATCH_DIMS / n_tok  # E|M e|^2
+    prev_write = PREV_WRITE * s0 * math.sqrt(code_norm2)
+    s1 = _layer_scale(build, prev_write)
+    p0 = build.w("pos_embed.W_pos")[0]
+    s_bos = math.sqrt(build.cfg["d_model"]) / math.sqrt(TOKEN_NORM**2 + float(p0.norm()) ** 2)
+
+    # --- Layer-0 previous-token head: QK by rotation, OV copies M e into prev_dirs.
+    _plant_rotation(build, L0, H0, build.cfg["_pos_omega"].shape[0], PREV0_GAP, s0)
+    ov0 = build.layout.head_dims(L0, H0, "ov", MATCH_DIMS)
+    build.w(f"blocks.{L0}.attn.W_V")[H0][:, ov0] = M.T
+    build.w(f"blocks.{L0}.attn.b_V")[H0][ov0] = 0.0
+    build.w(f"blocks.{L0}.attn.W_O")[H0][ov0, :] = PREV_WRITE * prev_dirs
+
+    # --- Polysemantic head, QK.
+    W_Q = build.w(f"blocks.{L1}.attn.W_Q")[H1]
+    W_K = build.w(f"blocks.{L1}.attn.W_K")[H1]
+    b_Q = build.w(f"blocks.{L1}.attn.b_Q")[H1]
+    b_K = build.w(f"blocks.{L1}.attn.b_K")[H1]
+    _plant_rotation(build, L1, H1, PREV_FREQUENCIES, PREV_GAP, s1)
+    ind = build.layout.head_dims(L1, H1, "qk", MATCH_DIMS)
+    # score = a (M x_n).(P x_s) / sqrt(d_head); a perfect match gives
+    # (M x_n).(P x_s) ~ s1 |M e|^2 * s1 * PREV_WRITE * s0 (attention ~ 0.95).
+    match = s1 * s1 * PREV_WRITE * s0 * 0.95 * code_norm2
+    W_Q[:, ind] = (INDUCTION_SCORE * math.sqrt(d_head) / match) * M.T
+    W_K[:, ind] = prev_dirs.T
+    b_Q[ind] = 0.0
+    b_K[ind] = 0.0
+    gate = build.layout.head_dims(L1, H1, "qk", 1).start
+    gate_match = s1 * INACTIVE_FEATURE * s_bos * TOKEN_NORM
+    W_Q[:, gate] = (INACTIVE_SCORE * math.sqrt(d_head) / gate_match) * inactive_dir
+    W_K[:, gate] = bos_dir
+    b_Q[gate] = 0.0
+    b_K[gate] = 0.0
+
+    # --- Polysemantic head, OV: copy C e into out_dirs; associations.
+    W_V = build.w(f"blocks.{L1}.attn.W_V")[H1]
+    W_O = build.w(f"blocks.{L1}.attn.W_O")[H1]
+    b_V = build.w(f"blocks.{L1}.attn.b_V")[H1]
+    copy = build.layout.head_dims(L1, H1, "ov", COPY_DIMS)
+    W_V[:, copy] = C.T
+    b_V[copy] = 0.0
+    W_O[copy, :] = COPY_GAIN * out_dirs
+    assoc = build.layout.head_dims(L1, H1, "ov", len(ASSOCIATIONS))
+    for k, (src, _, _) in enumerate(ASSOCIATIONS):
+        (src_id,) = build.token_ids([src])
+        e = w_e_tok[src_id]
+        W_V[:, assoc.start + k] = e / e.norm()
+        b_V[assoc.start + k] = 0.0
+        W_O[assoc.start + k, :] = COPY_GAIN * assoc_dirs[k]
+
+    # --- Unembedding: read the copy code back as tokens, plus the associations
+    # and bigrams. At the final LayerNorm (scale s_f) a full-attention copy of
+    # token u gives the coordinates s_f * COPY_GAIN * s1 * C e_u along out_dirs.
+    copy_norm2 = TOKEN_NORM**2 * COPY_DIMS / n_tok  # E|C e|^2
+    head_out = COPY_GAIN * s1 * math.sqrt(copy_norm2)
+    s_f = _layer_scale(build, math.sqrt(prev_write**2 + head_out**2))
+    unit = s_f * COPY_GAIN * s1  # what one unit read by W_V becomes at the unembedding
+    codes = w_e_tok @ C.T  # [vocab, k_c]
+    W_U = (COPY_LOGIT / (unit * copy_norm2)) * (out_dirs.T @ codes.T)  # [d, vocab]
+    for k, (src, out, rel) in enumerate(ASSOCIATIONS):
+        (src_id,), (out_id,) = build.token_ids([src]), build.token_ids([out])
+        W_U[:, out_id] += (rel * COPY_LOGIT / (unit * float(w_e_tok[src_id].norm()))) * assoc_dirs[k]
+    for cur, nxt, logit in BIGRAMS:
+        (cur_id,), (nxt_id,) = build.token_ids([cur]), build.token_ids([nxt])
+        e = w_e_tok[cur_id]
+        W_U[:, nxt_id] += (logit / (s_f * float(e.norm()))) * (e / e.norm())
+    build.weights["unembed.W_U"] = W_U.contiguous()
+    build.weights["unembed.b_U"] = torch.zeros(build.cfg["d_vocab"])
+    build.notes.append(
+        f"polysemantic head {L1}.{H1} (previous-token, induction via {L0}.{H0}, inactive on "
+        "single letters and numbers), copying to a rebuilt unembedding"
+    )
