@@ -1,0 +1,515 @@
+"""The duality circuit: GPT-2 small completing a word's opposite.
+
+Following "Exploring Duality", a research-sprint write-up for the SERI MATS
+2023 summer application (2023; our copy does not name its author):
+GPT-2 small completes ``"I have two hands, my right hand and my"`` with
+``" left"``, and does the same for other *dual pairs* (up/down, me/you, ...).
+This module holds the chapter's prompt set, its metric (the logit difference
+between the clean answer and the corrupted answer), the logit lens of that
+difference, its direct logit attribution (DLA) per component, the attention of
+a head to the earlier dual word, and the figures and explorer of the chapter.
+Activation and path patching live in :mod:`exercises_lib.patching` (shared with
+chapter 5).
+
+Conventions
+-----------
+* A prompt's *dual word* is the one earlier word of a dual pair in it
+  (``" right"`` above). The clean prompt's answer (``correct``) is its
+  opposite; the *corrupted* prompt swaps the dual word for its opposite
+  (``"... my left hand and my"``), so its answer is the clean dual word
+  (``incorrect``). Clean and corrupted tokens differ at one position only.
+* The logit difference at the final position is
+  ``logit[correct] - logit[incorrect]``: positive when the model prefers the
+  clean answer.
+* GPT-2 ties its unembedding to its embedding (``W_U = W_E.T``); the logit
+  difference direction is ``W_U[:, correct] - W_U[:, incorrect]``.
+* "With the final LayerNorm's scale" means: centre, then divide by the cached
+  ``ln_final.hook_scale`` of the final position, as
+  ``ActivationCache.apply_ln_to_stack(stack, layer=-1, pos_slice=-1)`` does.
+  The result is linear in the residual stream, so the contributions of all
+  components add up exactly to the final logit difference.
+
+Nothing here knows where a stand-in's mechanism was planted: heads are found
+from data (argmax of an attribution or a patching score).
+
+Taught in: chapter 4 (the duality circuit).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+__all__ = [
+    "DUAL_PAIRS",
+    "OPPOSITE",
+    "LEFT_RIGHT_TEMPLATES",
+    "PAIR_TEMPLATES",
+    "PromptSet",
+    "build_prompt_set",
+    "left_right_prompts",
+    "pair_prompts",
+    "logit_diff",
+    "logit_diff_metric",
+    "logit_diff_directions",
+    "resid_labels",
+    "logit_lens_logit_diff",
+    "head_logit_attribution",
+    "logit_diff_decomposition",
+    "dual_word_attention",
+    "top_heads",
+    "top_predictions",
+    "plot_logit_lens",
+    "plot_head_attribution",
+    "plot_patching",
+    "plot_pair_generalisation",
+    "duality_explorer",
+]
+
+#: Dual pairs: each word is one GPT-2 token with a leading space.
+DUAL_PAIRS: tuple[tuple[str, str], ...] = (
+    (" left", " right"),
+    (" up", " down"),
+    (" in", " out"),
+    (" me", " you"),
+    (" day", " night"),
+    (" hot", " cold"),
+    (" top", " bottom"),
+    (" north", " south"),
+    (" men", " women"),
+    (" rich", " poor"),
+    (" husband", " wife"),
+)
+
+#: Each dual word's opposite.
+OPPOSITE: dict[str, str] = {a: b for a, b in DUAL_PAIRS} | {b: a for a, b in DUAL_PAIRS}
+
+#: Left/right templates; ``{}`` is the dual word (without its leading space).
+#: All have the same token positions: BOS, 6 tokens, the dual word (position
+#: 7), 3 tokens; the last token is the one whose next token is predicted.
+LEFT_RIGHT_TEMPLATES: tuple[str, ...] = (
+    "I have two hands, my {} hand and my",
+    "I have two feet, my {} foot and my",
+    "I have two eyes, my {} eye and my",
+    "I have two ears, my {} ear and my",
+    "I have two arms, my {} arm and my",
+    "I have two legs, my {} leg and my",
+    "She has two hands, her {} hand and her",
+    "He has two feet, his {} foot and his",
+)
+
+#: Templates for the other dual pairs (same convention).
+PAIR_TEMPLATES: tuple[str, ...] = (
+    "The difference between {} and",
+    "Both {} and",
+)
+
+
+@dataclass(frozen=True)
+class PromptSet:
+    """Clean and corrupted prompts of one shape, with their answers.
+
+    ``clean_tokens`` and ``corrupt_tokens`` ([batch, seq], BOS first) differ
+    only at ``dual_pos``; ``correct`` is the clean answer (the opposite of the
+    clean dual word), ``incorrect`` the corrupted answer (the clean dual word).
+    ``labels`` name each prompt (e.g. ``"right->left | hands"``), ``pairs``
+    give its (dual word, answer).
+    """
+
+    clean_text: list[str]
+    corrupt_text: list[str]
+    clean_tokens: Int[Tensor, "batch seq"]
+    corrupt_tokens: Int[Tensor, "batch seq"]
+    correct: Int[Tensor, "batch"]
+    incorrect: Int[Tensor, "batch"]
+    dual_pos: int
+    pairs: list[tuple[str, str]] = field(default_factory=list)
+    labels: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.clean_text)
+
+    @property
+    def seq_len(self) -> int:
+        return int(self.clean_tokens.shape[1])
+
+    def subset(self, index: Sequence[int] | Tensor) -> "PromptSet":
+        """The prompts at ``index`` (a list of ints or a boolean mask)."""
+        idx = torch.as_tensor(index)
+        if idx.dtype == torch.bool:
+            idx = idx.nonzero().flatten()
+        ids = [int(i) for i in idx]
+        return PromptSet(
+            [self.clean_text[i] for i in ids],
+            [self.corrupt_text[i] for i in ids],
+            self.clean_tokens[ids],
+            self.corrupt_tokens[ids],
+            self.correct[ids],
+            self.incorrect[ids],
+            self.dual_pos,
+            [self.pairs[i] for i in ids],
+            [self.labels[i] for i in ids],
+        )
+
+    def where_answer(self, word: str) -> "PromptSet":
+        """The prompts whose clean answer is ``word`` (e.g. ``" left"``)."""
+        return self.subset([i for i, (_, ans) in enumerate(self.pairs) if ans == word])
+
+
+def _single_token(model, word: str) -> int:
+    toks = model.to_tokens(word, prepend_bos=False)[0]
+    if toks.numel() != 1:
+        raise ValueError(f"{word!r} is not a single GPT-2 token: {model.to_str_tokens(toks)}")
+    return int(toks[0])
+
+
+def build_prompt_set(
+    model,
+    templates: Sequence[str],
+    pairs: Sequence[tuple[str, str]],
+    *,
+    orientations: Sequence[str] = ("forward", "backward"),
+) -> PromptSet:
+    """Every (template, pair, orientation) as a clean/corrupted prompt.
+
+    ``"forward"`` puts the pair's first word in the clean prompt (answer: the
+    second), ``"backward"`` the other way round. Checks that every dual word
+    and answer is a single token, that all prompts have the same length, that
+    clean and corrupted tokens differ at exactly one position (the same for
+    all prompts), and that no other dual word appears in a prompt.
+    """
+    dual_words = set(OPPOSITE) | {w for p in pairs for w in p}
+    dual_ids = {_single_token(model, w) for w in dual_words}
+    clean_text, corrupt_text, used_pairs, labels = [], [], [], []
+    correct, incorrect = [], []
+    for template in templates:
+        for a, b in pairs:
+            for orientation in orientations:
+                if orientation not in ("forward", "backward"):
+                    raise ValueError(f"orientation must be 'forward' or 'backward', not {orientation!r}")
+                word, answer = (a, b) if orientation == "forward" else (b, a)
+                clean_text.append(template.format(word.strip()))
+                corrupt_text.append(template.format(answer.strip()))
+                correct.append(_single_token(model, answer))
+                incorrect.append(_single_token(model, word))
+                used_pairs.append((word, answer))
+                short = template.replace("{}", "_")
+                labels.append(f"{word.strip()}->{answer.strip()} | {short}")
+    clean = [model.to_tokens(t)[0] for t in clean_text]
+    corrupt = [model.to_tokens(t)[0] for t in corrupt_text]
+    lengths = {len(t) for t in clean + corrupt}
+    if len(lengths) != 1:
+        raise ValueError(f"prompts of different token lengths {sorted(lengths)}: use templates of one shape per set")
+    clean_tokens, corrupt_tokens = torch.stack(clean), torch.stack(corrupt)
+    differ = clean_tokens != corrupt_tokens
+    if not (differ.sum(1) == 1).all():
+        raise ValueError("each clean/corrupted pair must differ at exactly one token")
+    positions = differ.float().argmax(1)
+    if not (positions == positions[0]).all():
+        raise ValueError("the dual word must be at the same position in every prompt of a set")
+    dual_pos = int(positions[0])
+    for i, toks in enumerate(clean_tokens):
+        others = [p for p, t in enumerate(toks.tolist()) if t in dual_ids and p != dual_pos]
+        if others:
+            raise ValueError(f"prompt {clean_text[i]!r} has another dual word at positions {others}")
+    device = clean_tokens.device
+    return PromptSet(
+        clean_text, corrupt_text, clean_tokens, corrupt_tokens,
+        torch.tensor(correct, device=device), torch.tensor(incorrect, device=device),
+        dual_pos, used_pairs, labels,
+    )
+
+
+def left_right_prompts(model, answer: str | None = None) -> PromptSet:
+    """The left/right prompts: all templates, ``" left"``- and ``" right"``-correct.
+
+    ``answer=" left"`` keeps the left-correct prompts only (their clean dual
+    word is ``" right"``), as the write-up does for most of its analysis.
+    """
+    ps = build_prompt_set(model, LEFT_RIGHT_TEMPLATES, [(" right", " left")])
+    return ps if answer is None else ps.where_answer(answer)
+
+
+def pair_prompts(model, template: str = PAIR_TEMPLATES[0], pairs: Sequence[tuple[str, str]] = DUAL_PAIRS) -> PromptSet:
+    """One template filled with every dual pair, in both orientations."""
+    return build_prompt_set(model, [template], pairs)
+
+
+# ---------------------------------------------------------------------------
+# The metric
+# ---------------------------------------------------------------------------
+
+
+def logit_diff(
+    logits: Float[Tensor, "batch seq vocab"],
+    correct: Int[Tensor, "batch"],
+    incorrect: Int[Tensor, "batch"],
+) -> Float[Tensor, "batch"]:
+    """``logits[b, -1, correct[b]] - logits[b, -1, incorrect[b]]`` for each prompt."""
+    final = logits[:, -1, :]
+    rows = torch.arange(final.shape[0], device=final.device)
+    return final[rows, correct] - final[rows, incorrect]
+
+
+def logit_diff_metric(prompts: PromptSet, *, per_prompt: bool = False):
+    """A patching metric for ``prompts``: ``logits -> mean logit difference``.
+
+    The returned callable takes logits ``[batch, seq, vocab]`` of the prompts
+    in their order (``seq`` may be 1: only the last position is used) and
+    returns the mean over prompts (a scalar), or one value per prompt with
+    ``per_prompt=True``.
+    """
+    correct, incorrect = prompts.correct, prompts.incorrect
+
+    def metric(logits: Float[Tensor, "batch seq vocab"]) -> Tensor:
+        values = logit_diff(logits, correct.to(logits.device), incorrect.to(logits.device))
+        return values if per_prompt else values.mean()
+
+    return metric
+
+
+def logit_diff_directions(
+    model, correct: Int[Tensor, "batch"], incorrect: Int[Tensor, "batch"]
+) -> Float[Tensor, "batch d_model"]:
+    """``W_U[:, correct] - W_U[:, incorrect]``, one residual direction per prompt."""
+    W_U = model.W_U
+    return (W_U[:, correct] - W_U[:, incorrect]).T
+
+
+# ---------------------------------------------------------------------------
+# Logit lens and direct logit attribution
+# ---------------------------------------------------------------------------
+
+
+def resid_labels(n_layers: int) -> list[str]:
+    """Labels of the accumulated residual stream with ``incl_mid=True``:
+    ``0_pre, 0_mid, 1_pre, ..., {n-1}_mid, final_post``."""
+    labels = []
+    for layer in range(n_layers):
+        labels += [f"{layer}_pre", f"{layer}_mid"]
+    return labels + ["final_post"]
+
+
+def _final_ln(cache, stack: Float[Tensor, "comp batch d_model"]) -> Float[Tensor, "comp batch d_model"]:
+    """Centre, then divide by the final LayerNorm's cached scale at the last position."""
+    scale = cache["ln_final.hook_scale"][:, -1, :]  # [batch, 1]
+    return (stack - stack.mean(-1, keepdim=True)) / scale
+
+
+def logit_lens_logit_diff(
+    cache, directions: Float[Tensor, "batch d_model"]
+) -> Float[Tensor, "component batch"]:
+    """Logit difference read off the accumulated residual stream at the last position.
+
+    For each ``resid_pre`` and ``resid_mid`` of every layer and the final
+    residual: ``LN_final(x) . direction`` with the final LayerNorm's cached
+    scale (see the module docstring). Rows follow :func:`resid_labels`; the
+    last row equals the model's logit difference (up to ``b_U``).
+    """
+    stack = cache.accumulated_resid(layer=-1, incl_mid=True, pos_slice=-1)  # [comp, batch, d_model]
+    scaled = _final_ln(cache, stack)
+    return (scaled * directions[None]).sum(-1)
+
+
+def head_logit_attribution(
+    cache, directions: Float[Tensor, "batch d_model"], n_layers: int | None = None
+) -> Float[Tensor, "layer head batch"]:
+    """Direct logit attribution of every head to the logit difference (last position).
+
+    Head ``(l, h)``'s output ``z[l, h] W_O[l, h]`` at the last position, scaled
+    by the final LayerNorm's cached scale, dotted with each prompt's direction.
+    """
+    results = cache.stack_head_results(layer=-1, pos_slice=-1)  # [layer*head, batch, d_model]
+    scaled = _final_ln(cache, results)
+    dla = (scaled * directions[None]).sum(-1)
+    if n_layers is None:
+        n_layers = cache.model.cfg.n_layers
+    return dla.reshape(n_layers, -1, dla.shape[-1])
+
+
+def logit_diff_decomposition(
+    model, cache, correct: Int[Tensor, "batch"], incorrect: Int[Tensor, "batch"]
+) -> tuple[Float[Tensor, "component batch"], list[str]]:
+    """Every component's direct contribution to the logit difference (last position).
+
+    Components: token embedding, positional embedding, each head ``L{l}H{h}``,
+    each layer's attention bias ``b_O``, each MLP, and the unembedding bias.
+    With the final LayerNorm's cached scale they add up exactly to the logit
+    difference of the logits.
+    """
+    directions = logit_diff_directions(model, correct, incorrect)
+    L, H = model.cfg.n_layers, model.cfg.n_heads
+    parts = [cache["hook_embed"][:, -1], cache["hook_pos_embed"][:, -1]]
+    labels = ["embed", "pos_embed"]
+    heads = cache.stack_head_results(layer=-1, pos_slice=-1)  # [L*H, batch, d_model]
+    parts += list(heads)
+    labels += [f"L{l}H{h}" for l in range(L) for h in range(H)]
+    for layer in range(L):
+        parts.append(model.b_O[layer].expand_as(parts[0]))
+        labels.append(f"b_O {layer}")
+    for layer in range(L):
+        parts.append(cache[f"blocks.{layer}.hook_mlp_out"][:, -1])
+        labels.append(f"MLP {layer}")
+    stack = _final_ln(cache, torch.stack(parts))
+    values = (stack * directions[None]).sum(-1)
+    b_U = getattr(model, "b_U", None)
+    bias = (b_U[correct] - b_U[incorrect]) if b_U is not None else torch.zeros_like(values[0])
+    values = torch.cat([values, bias[None]])
+    labels.append("b_U")
+    return values, labels
+
+
+def dual_word_attention(
+    pattern: Float[Tensor, "batch head dest src"], head: int, dual_pos: int
+) -> Float[Tensor, "batch"]:
+    """Attention of ``head`` from the final position to the dual word, per prompt."""
+    return pattern[:, head, -1, dual_pos]
+
+
+def top_heads(scores: Float[Tensor, "layer head"], k: int = 3) -> list[tuple[int, int, float]]:
+    """The ``k`` heads with the largest scores, as ``(layer, head, score)``."""
+    n_heads = scores.shape[1]
+    values, idx = scores.flatten().topk(k)
+    return [(int(i) // n_heads, int(i) % n_heads, float(v)) for v, i in zip(values, idx)]
+
+
+def top_predictions(model, text: str, k: int = 5) -> list[tuple[str, float]]:
+    """The ``k`` most likely next tokens after ``text`` with their probabilities."""
+    with torch.no_grad():
+        logits = model(model.to_tokens(text))[0, -1]
+    probs = logits.softmax(-1)
+    values, idx = probs.topk(k)
+    return [(model.to_string(int(i)), float(v)) for v, i in zip(values, idx)]
+
+
+# ---------------------------------------------------------------------------
+# Figures and the explorer
+# ---------------------------------------------------------------------------
+
+
+def plot_logit_lens(
+    lens: Float[Tensor, "component batch"],
+    prompts: PromptSet,
+    *,
+    model,
+    per_prompt: bool = False,
+    title: str = "",
+    show: bool = True,
+):
+    """Logit lens of the logit difference: the mean over prompts of each clean
+    answer (``" left"``-correct, ``" right"``-correct...), or one line per prompt."""
+    from exercises_lib.plotting import line
+
+    labels = resid_labels((lens.shape[0] - 1) // 2)
+    if per_prompt:
+        rows, names = lens.T, list(prompts.labels)
+        title = title or "Logit lens of the logit difference, per prompt"
+    else:
+        answers = sorted({ans for _, ans in prompts.pairs})
+        rows = torch.stack([lens[:, [i for i, (_, a) in enumerate(prompts.pairs) if a == ans]].mean(1) for ans in answers])
+        names = [f"{ans.strip()}-correct (mean of {sum(a == ans for _, a in prompts.pairs)})" for ans in answers]
+        title = title or "Logit lens of the logit difference, mean over prompts"
+    return line(rows, model=model, x=labels, names=names, title=title,
+                labels={"x": "residual stream (accumulated)", "y": "logit difference"}, show=show)
+
+
+def plot_head_attribution(
+    dla: Float[Tensor, "layer head"], *, model, title: str = "", show: bool = True
+):
+    """Heatmap of the direct logit attribution of every head (layer x head)."""
+    from exercises_lib.plotting import imshow
+
+    return imshow(dla, model=model, title=title or "Direct logit attribution of each head to the logit difference",
+                  labels={"x": "head", "y": "layer", "color": "logit diff"}, show=show)
+
+
+def plot_patching(
+    values: Float[Tensor, "panel row col"],
+    *,
+    model,
+    panel_labels: Sequence[str],
+    x: Sequence[str] | None = None,
+    y_label: str = "layer",
+    x_label: str = "position",
+    title: str = "",
+    show: bool = True,
+):
+    """Side-by-side heatmaps of normalised patching results (0 = corrupted, 1 = clean)."""
+    from exercises_lib.plotting import imshow
+
+    vals = values if values.ndim == 3 else values[None]
+    xs = [f"{i}: {t}" for i, t in enumerate(x)] if x is not None else None
+    return imshow(vals, model=model, facet_col=0, facet_labels=list(panel_labels), x=xs, title=title,
+                  labels={"x": x_label, "y": y_label, "color": "normalised"},
+                  zmin=-1, zmax=1, show=show)
+
+
+def plot_pair_generalisation(
+    shares: Float[Tensor, "pair head"],
+    pair_names: Sequence[str],
+    head_names: Sequence[str],
+    *,
+    model,
+    title: str = "",
+    show: bool = True,
+):
+    """For each dual pair, each head's direct logit attribution as a share of the pair's logit difference."""
+    from exercises_lib.plotting import imshow
+
+    return imshow(shares, model=model, x=list(head_names), y=list(pair_names),
+                  title=title or "Share of each pair's logit difference written directly by each head",
+                  labels={"x": "head", "y": "dual pair", "color": "share"}, show=show)
+
+
+@torch.no_grad()
+def _single_prompt_analysis(model, text: str, correct: int, incorrect: int):
+    tokens = model.to_tokens(text)
+    logits, cache = model.run_with_cache(tokens)
+    c, i = torch.tensor([correct]), torch.tensor([incorrect])
+    directions = logit_diff_directions(model, c, i)
+    lens = logit_lens_logit_diff(cache, directions)[:, 0]
+    dla = head_logit_attribution(cache, directions)[..., 0]
+    return lens, dla, float(logit_diff(logits, c, i)[0])
+
+
+def duality_explorer(model, templates: Sequence[str] | None = None, pairs: Sequence[tuple[str, str]] = DUAL_PAIRS):
+    """Widget: choose a template, a dual pair and which word comes first; see the
+    logit lens and the per-head DLA of that prompt's logit difference.
+
+    Each change runs the model once. The figures are drawn once before the
+    widget is returned (display it as a cell's last value), so it renders
+    statically too.
+    """
+    import ipywidgets as widgets
+
+    from exercises_lib.plotting import imshow, line
+
+    templates = list(templates or (LEFT_RIGHT_TEMPLATES[:2] + PAIR_TEMPLATES))
+    pair_w = widgets.Dropdown(options=[(f"{a.strip()} / {b.strip()}", k) for k, (a, b) in enumerate(pairs)],
+                              value=0, description="pair")
+    template_w = widgets.Dropdown(options=[(t.replace("{}", "_"), t) for t in templates], description="template")
+    first_w = widgets.ToggleButtons(options=["first word", "second word"], description="prompt has")
+    out = widgets.Output()
+    labels = resid_labels(model.cfg.n_layers)
+
+    def update(*_):
+        a, b = pairs[pair_w.value]
+        word, answer = (a, b) if first_w.value == "first word" else (b, a)
+        text = template_w.value.format(word.strip())
+        lens, dla, ld = _single_prompt_analysis(model, text, _single_token(model, answer), _single_token(model, word))
+        out.clear_output(wait=True)
+        with out:
+            heading = f"'{text}' -> '{answer.strip()}' vs '{word.strip()}': logit difference {ld:.2f}"
+            line(lens, model=model, x=labels, title=f"Logit lens: {heading}",
+                 labels={"x": "residual stream", "y": "logit difference"}, height=330)
+            imshow(dla, model=model, title="Direct logit attribution per head",
+                   labels={"x": "head", "y": "layer", "color": "logit diff"}, height=330)
+
+    for w in (pair_w, template_w, first_w):
+        w.observe(update, names="value")
+    update()
+    return widgets.VBox([widgets.HBox([pair_w, template_w]), first_w, out])

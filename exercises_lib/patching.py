@@ -1,0 +1,698 @@
+"""Activation patching and path patching, batched.
+
+Activation patching runs the model on one input (the *target* run) while
+replacing one activation (a *site*: a hook, a position, maybe a head) with its
+value from another input (the *source* run), and measures a metric of the
+output. Two directions (Heimersheim's answer in write-up 002 explains why both
+matter):
+
+``direction="denoise"`` (clean -> corrupt)
+    Target: the corrupted input; source: the clean input. A site scores high
+    when restoring it alone brings back the clean behaviour: it is
+    *sufficient* (finds "OR"-like parts, misses "AND"-like ones).
+``direction="noise"`` (corrupt -> clean)
+    Target: the clean input; source: the corrupted input. A site scores low
+    when corrupting it alone breaks the behaviour: it is *necessary* (finds
+    "AND"-like parts, misses "OR"-like ones).
+
+Both return raw metric values; :func:`normalise` maps them to
+``0 = corrupted run, 1 = clean run`` for either direction. If one site carries
+all the difference, ``denoise + noise = 1``; where a site's ``denoise + noise``
+is below 1 it only works together with others (AND), above 1 it is redundant
+with others (OR).
+
+Batched sweeps
+--------------
+:func:`patch_sweep` runs every site of a sweep as one (or a few) batched
+forward passes: the target input is repeated once per site, and each batch row
+is patched at its own site. On top of that it
+
+* starts each pass at the earliest layer it patches (the earlier layers are the
+  target run's, taken from its cache), and
+* skips sites where the source and target activations are identical (e.g.
+  positions before the first token that differs), whose value is the
+  unpatched target metric.
+
+:func:`patch_loop` is the reference: one ordinary forward pass per site, with
+the same signature and the same numbers (tested), and far slower.
+
+Hook names and the bridge
+-------------------------
+Any hook name of the model can be patched (``blocks.{l}.hook_resid_pre``,
+``blocks.{l}.attn.hook_z``, ``blocks.{l}.hook_mlp_out``,
+``blocks.{l}.attn.hook_pattern``...). One of them needs care: in the
+TransformerLens 4 bridge, ``blocks.{l}.hook_resid_mid`` is an alias of
+``blocks.{l}.ln2.hook_in``, the input of the MLP's LayerNorm, so writing to it
+changes what the MLP reads but *not* the residual stream that flows on. Here,
+patching ``hook_resid_mid`` patches the residual stream itself, as it did in
+``HookedTransformer``: the value ``x`` is written by setting the layer's
+``hook_attn_out`` to ``x - resid_pre`` (the residual stream after the
+attention layer is ``resid_pre + attn_out``).
+
+The metric
+----------
+``metric(logits)`` takes the logits of the prompts, ``[n_prompts, seq, vocab]``
+(``[n_prompts, 1, vocab]`` with ``last_position_only=True``), in the order of
+``clean_tokens``, and returns a tensor: a scalar (e.g. the mean logit
+difference) or one value per prompt. The sweep's result has the shape of the
+sites followed by the metric's shape.
+
+Taught in: chapter 4 (the duality circuit); used again in chapter 5.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+import weakref
+from dataclasses import dataclass
+from typing import Callable, Literal, Sequence
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+__all__ = [
+    "normalise",
+    "patch_sweep",
+    "patch_loop",
+    "patch_together",
+    "path_patch",
+    "resid_hook_names",
+    "head_output",
+    "hook_layer",
+]
+
+Direction = Literal["denoise", "noise"]
+Positions = Sequence[int] | Literal["all"] | None
+Metric = Callable[[Tensor], Tensor]
+
+_BLOCK = re.compile(r"^blocks\.(\d+)\.")
+_RESID_MID = re.compile(r"^blocks\.(\d+)\.hook_resid_mid$")
+
+
+# ---------------------------------------------------------------------------
+# Small public helpers
+# ---------------------------------------------------------------------------
+
+
+def normalise(
+    metric_values: Tensor, clean_value: Tensor | float, corrupt_value: Tensor | float
+) -> Tensor:
+    """``(metric - corrupt) / (clean - corrupt)``: 0 = corrupted run, 1 = clean run.
+
+    The same formula serves both directions: denoising starts from the
+    corrupted run (unimportant sites stay near 0), noising from the clean run
+    (unimportant sites stay near 1).
+    """
+    clean = torch.as_tensor(clean_value, dtype=metric_values.dtype, device=metric_values.device)
+    corrupt = torch.as_tensor(corrupt_value, dtype=metric_values.dtype, device=metric_values.device)
+    return (metric_values - corrupt) / (clean - corrupt)
+
+
+def resid_hook_names(model, kind: str = "resid_pre") -> list[str]:
+    """``[f"blocks.{l}.hook_{kind}" for every layer]``; ``kind`` is ``resid_pre``,
+    ``resid_mid``, ``resid_post``, ``attn_out`` or ``mlp_out``."""
+    return [f"blocks.{layer}.hook_{kind}" for layer in range(model.cfg.n_layers)]
+
+
+def hook_layer(model, hook_name: str) -> int:
+    """The block a hook belongs to: ``l`` for ``blocks.{l}.*``, ``-1`` for the
+    embeddings (and anything unknown), ``n_layers`` for ``ln_final``/``unembed``."""
+    m = _BLOCK.match(hook_name)
+    if m:
+        return int(m.group(1))
+    if hook_name.startswith(("ln_final", "unembed")):
+        return model.cfg.n_layers
+    return -1
+
+
+def head_output(model, cache, layer: int, head: int) -> Float[Tensor, "batch pos d_model"]:
+    """What head ``layer.head`` adds to the residual stream: ``z[:, :, head] @ W_O[layer, head]``."""
+    z = cache[f"blocks.{layer}.attn.hook_z"][:, :, head]
+    return z @ model.W_O[layer, head]
+
+
+# ---------------------------------------------------------------------------
+# Sites
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Site:
+    hook: str  # the hook name asked for
+    head: int | None  # None: every head (or a hook without heads)
+    pos: int | None  # None: every position
+
+
+def _axes(hook_name: str) -> tuple[int, int | None]:
+    """(position axis, head axis) of a hook's activation."""
+    if hook_name.endswith(("hook_pattern", "hook_attn_scores")):
+        return 2, 1  # [batch, head, dest, src]: the position is the destination
+    if hook_name.endswith(("hook_z", "hook_q", "hook_k", "hook_v", "hook_result")):
+        return 1, 2  # [batch, pos, head, d_head]
+    return 1, None  # [batch, pos, d_model] and the like
+
+
+def _canonical(act: Tensor, hook_name: str) -> Tensor:
+    """A view of ``act`` with the batch first, position second, head third."""
+    pos_axis, head_axis = _axes(hook_name)
+    if head_axis is None:
+        return act.movedim(pos_axis, 1)
+    return act.movedim((pos_axis, head_axis), (1, 2))
+
+
+def _as_batch(tokens: Tensor) -> Tensor:
+    return tokens[None] if tokens.ndim == 1 else tokens
+
+
+def _sites(
+    hook_names: Sequence[str], positions: Positions, heads: bool, seq_len: int, n_heads_of: Callable[[str], int]
+) -> tuple[list[_Site], tuple[int, ...]]:
+    """All sites of a sweep, in result order, and the shape of the result's site axes."""
+    if isinstance(positions, str):
+        if positions != "all":
+            raise ValueError(f"positions must be a list of ints, None or 'all', not {positions!r}")
+        pos_list: list[int | None] = [None]
+        pos_dim = False
+    elif positions is None:
+        pos_list = [None] if heads else list(range(seq_len))
+        pos_dim = not heads
+    else:
+        pos_list = [int(p) % seq_len for p in positions]
+        pos_dim = True
+    sites, shape = [], [len(hook_names)]
+    if heads:
+        counts = {n_heads_of(h) for h in hook_names}
+        if len(counts) != 1:
+            raise ValueError(f"the hooks have different numbers of heads: {counts}")
+        n_heads = counts.pop()
+        shape.append(n_heads)
+        for h in hook_names:
+            for head in range(n_heads):
+                for pos in pos_list:
+                    sites.append(_Site(h, head, pos))
+    else:
+        for h in hook_names:
+            for pos in pos_list:
+                sites.append(_Site(h, None, pos))
+    if pos_dim:
+        shape.append(len(pos_list))
+    return sites, tuple(shape)
+
+
+def _select(view: Tensor, rows: Tensor, pos: Tensor | None, head: Tensor | None) -> tuple:
+    """Index tuple picking, for each row, its position and head (None = all)."""
+    if pos is not None and head is not None:
+        return (rows, pos, head)
+    if pos is not None:
+        return (rows, pos)
+    if head is not None:
+        return (rows, slice(None), head)
+    return (rows,)
+
+
+# ---------------------------------------------------------------------------
+# Running a forward pass with per-row patches
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class _Op:
+    """Patch rows ``rows`` of hook ``hook`` with the source values of prompts ``prompts``."""
+
+    hook: str
+    rows: Tensor
+    prompts: Tensor
+    pos: Tensor | None
+    head: Tensor | None
+
+
+def _group_ops(entries: list[tuple[_Site, Tensor, Tensor]], device) -> list[_Op]:
+    """Merge (site, rows, prompts) entries that share a hook and an index kind."""
+    groups: dict[tuple, list] = {}
+    for site, rows, prompts in entries:
+        key = (site.hook, site.pos is None, site.head is None)
+        groups.setdefault(key, []).append((site, rows, prompts))
+    ops = []
+    for (hook, all_pos, all_heads), items in groups.items():
+        rows = torch.cat([r for _, r, _ in items])
+        prompts = torch.cat([p for _, _, p in items])
+        pos = None if all_pos else torch.cat([torch.full_like(r, s.pos) for s, r, _ in items])
+        head = None if all_heads else torch.cat([torch.full_like(r, s.head) for s, r, _ in items])
+        ops.append(_Op(hook, rows.to(device), prompts.to(device), None if pos is None else pos.to(device),
+                       None if head is None else head.to(device)))
+    return ops
+
+
+def _fwd_hooks(ops: list[_Op], source: dict[str, Tensor]) -> list[tuple[str, Callable]]:
+    """Hook functions applying ``ops``; ``hook_resid_mid`` is written through ``hook_attn_out``."""
+    patch_hooks, capture_hooks = [], []
+    for op in ops:
+        src = _canonical(source[op.hook], op.hook)
+        m = _RESID_MID.match(op.hook)
+        if m is None:
+
+            def patch(act, hook, op=op, src=src):
+                act = act.clone()
+                view = _canonical(act, op.hook)
+                view[_select(view, op.rows, op.pos, op.head)] = src[_select(src, op.prompts, op.pos, op.head)].to(act.dtype)
+                return act
+
+            patch_hooks.append((op.hook, patch))
+        else:
+            layer = int(m.group(1))
+            store: dict[str, Tensor] = {}
+
+            def capture(act, hook, store=store):
+                store["resid_pre"] = act
+                return act
+
+            def write(act, hook, op=op, src=src, store=store):
+                act = act.clone()
+                pre = store["resid_pre"]
+                idx_rows = _select(act, op.rows, op.pos, None)
+                want = src[_select(src, op.prompts, op.pos, None)]
+                act[idx_rows] = (want - pre[idx_rows]).to(act.dtype)
+                return act
+
+            capture_hooks.append((f"blocks.{layer}.hook_resid_pre", capture))
+            patch_hooks.append((f"blocks.{layer}.hook_attn_out", write))
+    # Captures run after any patch of the same hook, so they see the patched value.
+    return patch_hooks + capture_hooks
+
+
+def _forward_from(
+    model,
+    start: int,
+    tokens: Tensor,
+    resid: dict[int, Tensor] | None,
+    fwd_hooks: list,
+    last_position_only: bool,
+) -> Tensor:
+    """Logits of ``tokens`` with ``fwd_hooks``, starting at block ``start``.
+
+    ``start < 0``: an ordinary forward pass. ``start >= 0``: the residual
+    stream entering block ``start`` is ``resid[start]`` (already per row), and
+    only blocks ``start..`` run (they are called one by one).
+    """
+    with model.hooks(fwd_hooks=fwd_hooks):
+        if start < 0 or resid is None:
+            logits = model(tokens)
+            return logits[:, -1:] if last_position_only else logits
+        x = resid[start]
+        for block in model.blocks[start:]:
+            out = block(x)
+            x = out[0] if isinstance(out, tuple) else out
+        if last_position_only:
+            x = x[:, -1:]
+        return model.unembed(model.ln_final(x))
+
+
+def _metric_tensor(value) -> Tensor:
+    value = torch.as_tensor(value)
+    return value.detach().float()
+
+
+# ---------------------------------------------------------------------------
+# Sweeps
+# ---------------------------------------------------------------------------
+
+
+def _prepare(model, clean_tokens, corrupt_tokens, direction):
+    if direction not in ("denoise", "noise"):
+        raise ValueError(f"direction must be 'denoise' (clean -> corrupt) or 'noise' (corrupt -> clean), not {direction!r}")
+    clean, corrupt = _as_batch(clean_tokens), _as_batch(corrupt_tokens)
+    if clean.shape != corrupt.shape:
+        raise ValueError(f"clean and corrupted tokens must have the same shape: {tuple(clean.shape)} vs {tuple(corrupt.shape)}")
+    device = model.cfg.device
+    clean, corrupt = clean.to(device), corrupt.to(device)
+    target, source = (corrupt, clean) if direction == "denoise" else (clean, corrupt)
+    return target, source
+
+
+def _needed_names(hook_names: Sequence[str]) -> list[str]:
+    names = set(hook_names)
+    for h in hook_names:
+        m = _RESID_MID.match(h)
+        if m:
+            names.add(f"blocks.{m.group(1)}.hook_resid_pre")
+    return sorted(names)
+
+
+def _cache(
+    model, tokens: Tensor, names: Sequence[str], *, logits_needed: bool = True
+) -> tuple[Tensor | None, dict[str, Tensor]]:
+    """Activations of ``names`` on ``tokens`` (and the logits, unless not needed:
+    then the pass stops after the last block it needs)."""
+    wanted = set(names)
+    kwargs = {}
+    if not logits_needed:
+        layers = [hook_layer(model, n) for n in names]
+        if all(0 <= l < model.cfg.n_layers for l in layers) and max(layers) + 1 < model.cfg.n_layers:
+            kwargs["stop_at_layer"] = max(layers) + 1
+    logits, cache = model.run_with_cache(tokens, names_filter=lambda n: n in wanted, **kwargs)
+    if kwargs:
+        logits = None
+    out = {}
+    for n in names:  # aliases (hook_resid_pre -> hook_in) are looked up by the cache
+        out[n] = cache[n]
+    return logits, out
+
+
+@torch.no_grad()
+def patch_sweep(
+    model,
+    clean_tokens: Int[Tensor, "batch seq"],
+    corrupt_tokens: Int[Tensor, "batch seq"],
+    hook_names: str | Sequence[str],
+    metric: Metric,
+    *,
+    direction: Direction = "denoise",
+    positions: Positions = None,
+    heads: bool = False,
+    batch_size: int | None = None,
+    last_position_only: bool = False,
+    skip_identical: bool = True,
+    progress: bool = True,
+) -> Tensor:
+    """Patch every site of a sweep, batched; return the metric at each site.
+
+    Args:
+        model: a TransformerBridge (compatibility mode).
+        clean_tokens, corrupt_tokens: ``[batch, seq]`` token ids of the prompts;
+            clean and corrupted prompts must align position by position.
+        hook_names: the hooks to sweep over (e.g. ``resid_hook_names(model)``,
+            one per layer); one row of the result each.
+        metric: ``logits [batch, seq, vocab] -> tensor`` (see the module docstring).
+        direction: ``"denoise"`` (clean activations into the corrupted run) or
+            ``"noise"`` (corrupted activations into the clean run).
+        positions: ``None``: each position separately (``heads=False``), or all
+            positions at once (``heads=True``); a list of positions: each of
+            them separately; ``"all"``: all positions at once.
+        heads: patch one head at a time (hooks with a head axis: ``attn.hook_z``,
+            ``hook_q``/``k``/``v``, ``hook_pattern``...).
+        batch_size: sequences per forward pass (default: about 4096 tokens per
+            pass, 2048 without ``last_position_only``); whole sites only.
+        last_position_only: compute the unembedding at the last position only
+            (the metric then gets ``[batch, 1, vocab]``): a third less compute.
+        skip_identical: give sites whose source and target activations are equal
+            the unpatched value without running them.
+        progress: show a progress bar when there is more than one pass.
+
+    Returns:
+        ``[len(hook_names), n_positions]`` (``heads=False``),
+        ``[len(hook_names), n_heads]`` (``heads=True``, all positions together) or
+        ``[len(hook_names), n_heads, n_positions]`` (``heads=True`` with a list of
+        positions), followed by the metric's own shape. Raw metric values: see
+        :func:`normalise`.
+    """
+    hook_names = [hook_names] if isinstance(hook_names, str) else list(hook_names)
+    target, source_tokens = _prepare(model, clean_tokens, corrupt_tokens, direction)
+    n_prompts, seq = target.shape
+    names = _needed_names(hook_names)
+    starts = sorted({hook_layer(model, h) for h in hook_names if hook_layer(model, h) >= 0})
+    resid_names = [f"blocks.{s}.hook_resid_pre" for s in starts if s < model.cfg.n_layers]
+    final_name = f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"
+    if any(s == model.cfg.n_layers for s in starts):
+        resid_names.append(final_name)
+    target_logits, target_acts = _cache(model, target, sorted(set(names) | set(resid_names)))
+    _, source_acts = _cache(model, source_tokens, names, logits_needed=False)
+    resid = {s: target_acts[f"blocks.{s}.hook_resid_pre"] for s in starts if s < model.cfg.n_layers}
+    if model.cfg.n_layers in starts:
+        resid[model.cfg.n_layers] = target_acts[final_name]
+
+    unpatched = _metric_tensor(metric(target_logits[:, -1:] if last_position_only else target_logits))
+    fast = bool(resid) and _fast_path_agrees(model, target, resid, target_logits)
+
+    def n_heads_of(h: str) -> int:
+        _, head_axis = _axes(h)
+        if head_axis is None:
+            raise ValueError(f"heads=True needs hooks with a head axis; {h!r} has none")
+        return source_acts[h].shape[head_axis]
+
+    sites, site_shape = _sites(hook_names, positions, heads, seq, n_heads_of)
+    results: list[Tensor | None] = [None] * len(sites)
+    todo = []
+    for i, site in enumerate(sites):
+        if skip_identical and _identical(site, source_acts, target_acts):
+            results[i] = unpatched
+        else:
+            todo.append(i)
+    # Earliest layer first, so each pass starts as late as it can.
+    todo.sort(key=lambda i: _start_layer(model, sites[i].hook))
+    if batch_size is None:
+        budget = 4096 if last_position_only else 2048
+        batch_size = max(n_prompts, budget // seq)
+    sites_per_pass = max(1, batch_size // n_prompts)
+    chunks = [todo[k : k + sites_per_pass] for k in range(0, len(todo), sites_per_pass)]
+    bar = _progress(chunks, progress and len(chunks) > 1, "patching")
+    prompt_ids = torch.arange(n_prompts)
+    for chunk in bar:
+        entries = []
+        for j, i in enumerate(chunk):
+            rows = j * n_prompts + prompt_ids
+            entries.append((sites[i], rows, prompt_ids))
+        ops = _group_ops(entries, target.device)
+        rows_prompt = prompt_ids.repeat(len(chunk)).to(target.device)
+        start = min(_start_layer(model, sites[i].hook) for i in chunk) if fast else -1
+        hooks = _fwd_hooks(ops, source_acts)
+        tokens = target[rows_prompt]
+        chunk_resid = {start: resid[start][rows_prompt]} if start >= 0 else None
+        logits = _forward_from(model, start, tokens, chunk_resid, hooks, last_position_only)
+        for j, i in enumerate(chunk):
+            results[i] = _metric_tensor(metric(logits[j * n_prompts : (j + 1) * n_prompts]))
+    out = torch.stack([r.to(unpatched.device) for r in results])
+    return out.reshape(*site_shape, *unpatched.shape)
+
+
+def _start_layer(model, hook_name: str) -> int:
+    layer = hook_layer(model, hook_name)
+    return layer
+
+
+def _identical(site: _Site, source: dict[str, Tensor], target: dict[str, Tensor]) -> bool:
+    src, tgt = _canonical(source[site.hook], site.hook), _canonical(target[site.hook], site.hook)
+    idx: tuple = (slice(None),)
+    if site.pos is not None:
+        idx = idx + (site.pos,)
+    elif site.head is not None:
+        idx = idx + (slice(None),)
+    if site.head is not None:
+        idx = idx + (site.head,)
+    return bool(torch.equal(src[idx], tgt[idx]))
+
+
+#: Per model: whether running its blocks one by one reproduces its forward pass.
+_FAST_PATH_OK: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _fast_path_agrees(model, target: Tensor, resid: dict[int, Tensor], logits: Tensor) -> bool:
+    """Whether running blocks one by one reproduces the model's logits (else: full passes).
+
+    Checked once per model (on the first sweep's prompts) and remembered.
+    """
+    if model in _FAST_PATH_OK:
+        return _FAST_PATH_OK[model]
+    start = min(s for s in resid if s < model.cfg.n_layers) if any(s < model.cfg.n_layers for s in resid) else None
+    if start is None:
+        return True
+    again = _forward_from(model, start, target, {start: resid[start]}, [], False)
+    tol = 1e-3 * max(1.0, float(logits.abs().max()))
+    ok = bool((again - logits).abs().max() <= tol)
+    _FAST_PATH_OK[model] = ok
+    if not ok:
+        warnings.warn("running the blocks one by one does not reproduce this model's logits: "
+                      "patch_sweep falls back to full forward passes", stacklevel=3)
+    return ok
+
+
+def _progress(items, show: bool, desc: str):
+    if not show:
+        return items
+    from tqdm.auto import tqdm
+
+    return tqdm(items, desc=desc, leave=False)
+
+
+@torch.no_grad()
+def patch_loop(
+    model,
+    clean_tokens: Int[Tensor, "batch seq"],
+    corrupt_tokens: Int[Tensor, "batch seq"],
+    hook_names: str | Sequence[str],
+    metric: Metric,
+    *,
+    direction: Direction = "denoise",
+    positions: Positions = None,
+    heads: bool = False,
+    batch_size: int | None = None,
+    last_position_only: bool = False,
+    skip_identical: bool = False,
+    progress: bool = True,
+) -> Tensor:
+    """Reference implementation of :func:`patch_sweep`: one forward pass per site.
+
+    Same arguments and result; ``batch_size`` and ``skip_identical`` are
+    accepted for symmetry and ignored (every site gets its own ordinary forward
+    pass over all the prompts).
+    """
+    hook_names = [hook_names] if isinstance(hook_names, str) else list(hook_names)
+    target, source_tokens = _prepare(model, clean_tokens, corrupt_tokens, direction)
+    _, seq = target.shape
+    names = _needed_names(hook_names)
+    _, source_acts = _cache(model, source_tokens, names, logits_needed=False)
+
+    def n_heads_of(h: str) -> int:
+        _, head_axis = _axes(h)
+        if head_axis is None:
+            raise ValueError(f"heads=True needs hooks with a head axis; {h!r} has none")
+        return source_acts[h].shape[head_axis]
+
+    sites, site_shape = _sites(hook_names, positions, heads, seq, n_heads_of)
+    values = []
+    for site in _progress(sites, progress, "patching (loop)"):
+        logits = model.run_with_hooks(target, fwd_hooks=_site_hooks(site, source_acts))
+        values.append(_metric_tensor(metric(logits[:, -1:] if last_position_only else logits)))
+    out = torch.stack(values)
+    return out.reshape(*site_shape, *values[0].shape)
+
+
+def _site_hooks(site: _Site, source: dict[str, Tensor]) -> list[tuple[str, Callable]]:
+    """Plain hooks patching one site for every prompt (the loop's building block)."""
+    src = source[site.hook]
+    m = _RESID_MID.match(site.hook)
+    if m:
+        layer = int(m.group(1))
+        store = {}
+
+        def capture(act, hook):
+            store["pre"] = act
+            return act
+
+        def write(act, hook):
+            act = act.clone()
+            p = slice(None) if site.pos is None else site.pos
+            act[:, p] = src[:, p] - store["pre"][:, p]
+            return act
+
+        return [(f"blocks.{layer}.hook_resid_pre", capture), (f"blocks.{layer}.hook_attn_out", write)]
+
+    def patch(act, hook):
+        act = act.clone()
+        view, sview = _canonical(act, site.hook), _canonical(src, site.hook)
+        p = slice(None) if site.pos is None else site.pos
+        if site.head is None:
+            view[:, p] = sview[:, p]
+        else:
+            view[:, p, site.head] = sview[:, p, site.head]
+        return act
+
+    return [(site.hook, patch)]
+
+
+@torch.no_grad()
+def patch_together(
+    model,
+    clean_tokens: Int[Tensor, "batch seq"],
+    corrupt_tokens: Int[Tensor, "batch seq"],
+    sites: Sequence[tuple[str, int | None, int | None]],
+    metric: Metric,
+    *,
+    direction: Direction = "noise",
+) -> Tensor:
+    """Patch several sites *at once* (one forward pass) and return the metric.
+
+    ``sites``: ``(hook_name, head or None, position or None)`` triples; None
+    means every head / every position. E.g. noising every head of layers 1-5
+    tests whether those layers matter at all.
+    """
+    target, source_tokens = _prepare(model, clean_tokens, corrupt_tokens, direction)
+    hooks_used = [s[0] for s in sites]
+    _, source_acts = _cache(model, source_tokens, _needed_names(hooks_used), logits_needed=False)
+    n = target.shape[0]
+    prompt_ids = torch.arange(n)
+    entries = [(_Site(h, head, None if pos is None else int(pos) % target.shape[1]), prompt_ids, prompt_ids)
+               for h, head, pos in sites]
+    # One op per site (sites may repeat a hook with different heads/positions).
+    hooks = []
+    for entry in entries:
+        hooks += _fwd_hooks(_group_ops([entry], target.device), source_acts)
+    # Captures of resid_pre must come after every patch of the same hook.
+    hooks = [h for h in hooks if not _is_capture(h)] + [h for h in hooks if _is_capture(h)]
+    logits = model.run_with_hooks(target, fwd_hooks=hooks)
+    return _metric_tensor(metric(logits))
+
+
+def _is_capture(hook: tuple[str, Callable]) -> bool:
+    return hook[1].__name__ == "capture"
+
+
+# ---------------------------------------------------------------------------
+# Path patching
+# ---------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def path_patch(
+    model,
+    clean_tokens: Int[Tensor, "batch seq"],
+    corrupt_tokens: Int[Tensor, "batch seq"],
+    sender: str | tuple[int, int],
+    receivers: str | Sequence[str],
+    metric: Metric,
+    *,
+    direction: Direction = "noise",
+    receiver_positions: Sequence[int] | None = None,
+) -> Tensor:
+    """Patch the path from a sender to some receivers only; return the metric.
+
+    The sender's output changes from its target-run value to its source-run
+    value (``direction`` as in :func:`patch_sweep`), but the change
+    ``delta = out_source - out_target`` is added only to the *inputs* of the
+    receivers, not to the residual stream: every component between sender and
+    receivers computes exactly what it did in the target run, and everything
+    downstream of the receivers is recomputed.
+
+    Args:
+        sender: a head ``(layer, head)``, or the hook name of a component output
+            that is added to the residual stream (``"blocks.6.hook_attn_out"``,
+            ``"blocks.8.hook_mlp_out"``...).
+        receivers: hook names of component inputs that do not feed the residual
+            stream: ``"blocks.{l}.ln1.hook_in"`` (attention layer ``l``: queries,
+            keys and values), ``"blocks.{l}.ln2.hook_in"`` (MLP ``l``) and
+            ``"ln_final.hook_in"`` (the unembedding: the direct path).
+        receiver_positions: positions where the receivers get ``delta``
+            (default: every position).
+
+    With receivers = every such input after the sender, this equals patching
+    the sender's output itself (tested).
+    """
+    target, source_tokens = _prepare(model, clean_tokens, corrupt_tokens, direction)
+    receivers = [receivers] if isinstance(receivers, str) else list(receivers)
+    for r in receivers:
+        if not (re.match(r"^blocks\.\d+\.ln[12]\.hook_in$", r) or r == "ln_final.hook_in"):
+            raise ValueError(
+                f"receiver {r!r} is not a component input: use 'blocks.{{l}}.ln1.hook_in', "
+                "'blocks.{l}.ln2.hook_in' or 'ln_final.hook_in'"
+            )
+    if isinstance(sender, tuple):
+        layer, head = sender
+        name = f"blocks.{layer}.attn.hook_z"
+        _, tgt = _cache(model, target, [name], logits_needed=False)
+        _, src = _cache(model, source_tokens, [name], logits_needed=False)
+        W_O = model.W_O[layer, head]
+        delta = (src[name][:, :, head] - tgt[name][:, :, head]) @ W_O
+    else:
+        _, tgt = _cache(model, target, [sender], logits_needed=False)
+        _, src = _cache(model, source_tokens, [sender], logits_needed=False)
+        delta = src[sender] - tgt[sender]
+    pos = slice(None) if receiver_positions is None else list(receiver_positions)
+
+    def add(act, hook):
+        act = act.clone()
+        act[:, pos] = act[:, pos] + delta[:, pos].to(act.dtype)
+        return act
+
+    logits = model.run_with_hooks(target, fwd_hooks=[(r, add) for r in receivers])
+    return _metric_tensor(metric(logits))

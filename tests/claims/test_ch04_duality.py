@@ -1,0 +1,160 @@
+"""Chapter 4's claims (CLAIMS.md, "Chapter 4"), on the stand-in and, where it loads, on GPT-2 small.
+
+Real-model expectations come from the write-up "Exploring Duality" (2023),
+with the tolerances stated in each test; they are skipped with a reason where
+the real weights cannot be loaded. Stand-in expectations come from what was
+planted (read from ``model.standin_placement``, which only tests may do) and
+are measured from behaviour.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from exercises_lib import duality as D
+from exercises_lib import patching as P
+
+pytestmark = pytest.mark.claims
+
+torch.set_grad_enabled(False)
+
+
+def _expected_head(model) -> tuple[int, int]:
+    if model.is_standin:
+        where = model.standin_placement["duality"]
+        return int(where["layer"]), int(where["head"])
+    return 9, 7  # the write-up's head
+
+
+def _lr_dla(model):
+    ps = D.left_right_prompts(model, " left")
+    logits, cache = model.run_with_cache(ps.clean_tokens)
+    dirs = D.logit_diff_directions(model, ps.correct, ps.incorrect)
+    return ps, logits, cache, D.head_logit_attribution(cache, dirs).mean(-1)
+
+
+def test_claim_4_1_opposite_predicted(course_model):
+    """4.1: " left" after "...my right hand and my", at high probability; other pairs too; right/wrong."""
+    model = course_model("gpt2-small")
+    top = D.top_predictions(model, "I have two hands, my right hand and my", k=3)
+    assert top[0][0] == " left", top
+    # Real: "really high confidence" in the write-up; we ask for more than 0.3.
+    assert top[0][1] > (0.9 if model.is_standin else 0.3)
+    lr = D.left_right_prompts(model)
+    ld = D.logit_diff(model(lr.clean_tokens), lr.correct, lr.incorrect)
+    for answer in (" left", " right"):
+        mask = torch.tensor([a == answer for _, a in lr.pairs])
+        assert ld[mask].mean() > 0, answer
+    pairs = D.pair_prompts(model)
+    assert D.logit_diff(model(pairs.clean_tokens), pairs.correct, pairs.incorrect).mean() > 0
+    if not model.is_standin:  # the asymmetry: " right" also pairs with " wrong" (not planted in the stand-in)
+        probs = dict(D.top_predictions(model, "The difference between right and", k=50))
+        assert probs.get(" wrong", 0.0) > probs.get(" left", 0.0)
+
+
+def test_claim_4_2_logit_lens(course_model):
+    """4.2: the logit lens ends at the logit difference and starts near zero; it rises late."""
+    model = course_model("gpt2-small")
+    ps = D.left_right_prompts(model)
+    logits, cache = model.run_with_cache(ps.clean_tokens)
+    lens = D.logit_lens_logit_diff(cache, D.logit_diff_directions(model, ps.correct, ps.incorrect))
+    b_U = model.b_U[ps.correct] - model.b_U[ps.incorrect]
+    torch.testing.assert_close(lens[-1] + b_U, D.logit_diff(logits, ps.correct, ps.incorrect), atol=1e-3, rtol=1e-4)
+    mean = lens.mean(1)
+    assert abs(mean[0]) < 0.5 * mean[-1]
+    labels = D.resid_labels(model.cfg.n_layers)
+    half = labels[int((mean > 0.5 * mean[-1]).nonzero()[0])]
+    layer = int(half.split("_")[0]) if half != "final_post" else model.cfg.n_layers
+    if model.is_standin:  # the jump is at the planted head's attention layer
+        assert half == f"{_expected_head(model)[0]}_mid"
+    else:  # the write-up's curve rises in the second half of the network
+        assert layer >= 6
+
+
+def test_claim_4_3_one_head_dominates_dla(course_model):
+    """4.3: one head (9.7 on the real model) dominates the DLA and attends to the dual word."""
+    model = course_model("gpt2-small")
+    ps, _, cache, dla = _lr_dla(model)
+    (layer, head, value), second = D.top_heads(dla, 2)
+    assert (layer, head) == _expected_head(model)
+    assert value > 2 * abs(second[2])  # "only one head provides a significant logit difference"
+    att = D.dual_word_attention(cache[f"blocks.{layer}.attn.hook_pattern"], head, ps.dual_pos).mean()
+    assert att > 0.5  # "almost all of its attention" on the real model
+
+
+def _resid_scores(model, positions):
+    sweep = D.left_right_prompts(model, " left").subset([0, 1, 2, 3])
+    metric = D.logit_diff_metric(sweep)
+    clean, corrupt = metric(model(sweep.clean_tokens)), metric(model(sweep.corrupt_tokens))
+    hooks = P.resid_hook_names(model, "resid_pre") + P.resid_hook_names(model, "resid_mid")
+    raw = P.patch_sweep(model, sweep.clean_tokens, sweep.corrupt_tokens, hooks, metric, positions=positions(sweep),
+                        last_position_only=True, progress=False)
+    return sweep, P.normalise(raw, clean, corrupt).reshape(2, model.cfg.n_layers, -1)
+
+
+def test_claim_4_4_patching_hot_spots(course_model):
+    """4.4: denoising: the dual word carries the difference early, the last token late."""
+    model = course_model("gpt2-small")
+    sweep, scores = _resid_scores(model, lambda s: [s.dual_pos, s.seq_len - 1])
+    pre, mid = scores[0], scores[1]  # [layer, (dual word, last token)]
+    assert pre[0, 0] > 0.95 and mid[-1, 1] > 0.95
+    handover = int((mid[:, 1] > mid[:, 0]).nonzero()[0])
+    if model.is_standin:
+        assert handover == _expected_head(model)[0]
+    else:  # write-up: resid_pre 6 at the dual word recovers most; the last token none at resid_pre 6, some at resid_mid 6
+        assert pre[6, 0] > 0.5
+        assert pre[6, 1] < 0.2
+        assert mid[6, 1] > pre[6, 1] + 0.05
+        assert handover <= 9
+
+
+def test_claim_4_5_same_head_for_other_pairs(course_model):
+    """4.5: the left/right head is among the top three DLA heads for the other dual pairs."""
+    model = course_model("gpt2-small")
+    pairs = D.pair_prompts(model)
+    _, cache = model.run_with_cache(pairs.clean_tokens)
+    dla = D.head_logit_attribution(cache, D.logit_diff_directions(model, pairs.correct, pairs.incorrect)).mean(-1)
+    assert _expected_head(model) in [(l, h) for l, h, _ in D.top_heads(dla, 3)]
+
+
+def test_claim_4_6_hypotheses_are_testable(course_model):
+    """4.6: path patching runs on the write-up's heads; with every later input as receiver it equals
+    activation patching. Stand-in: the planted head acts directly (its direct path carries its effect)."""
+    model = course_model("gpt2-small")
+    sweep = D.left_right_prompts(model, " left").subset([0, 1])
+    metric = D.logit_diff_metric(sweep)
+    layer, head = _expected_head(model)
+    receivers = [f"blocks.{layer}.ln2.hook_in"]
+    for later in range(layer + 1, model.cfg.n_layers):
+        receivers += [f"blocks.{later}.ln1.hook_in", f"blocks.{later}.ln2.hook_in"]
+    receivers.append("ln_final.hook_in")
+    total = P.path_patch(model, sweep.clean_tokens, sweep.corrupt_tokens, (layer, head), receivers, metric)
+    act = P.patch_together(model, sweep.clean_tokens, sweep.corrupt_tokens, [(f"blocks.{layer}.attn.hook_z", head, None)], metric)
+    torch.testing.assert_close(total, act, atol=1e-3, rtol=1e-4)
+    clean, corrupt = metric(model(sweep.clean_tokens)), metric(model(sweep.corrupt_tokens))
+    lost_total = 1 - P.normalise(total, clean, corrupt)
+    direct = P.path_patch(model, sweep.clean_tokens, sweep.corrupt_tokens, (layer, head), "ln_final.hook_in", metric)
+    lost_direct = 1 - P.normalise(direct, clean, corrupt)
+    # The head matters (write-up: 90 %) on both models.
+    assert lost_total > 0.3
+    if model.is_standin:
+        assert lost_direct > 0.8 * lost_total
+
+
+def test_across_2_patching_directions(course_model):
+    """Across chapters 2: run both directions. A single-path circuit gives denoise + noise = 1 at every
+    site (the stand-in); on the real model the deviations mark AND-like (< 0) and OR-like (> 0) sites."""
+    model = course_model("gpt2-small")
+    sweep = D.left_right_prompts(model, " left").subset([0, 1])
+    metric = D.logit_diff_metric(sweep)
+    clean, corrupt = metric(model(sweep.clean_tokens)), metric(model(sweep.corrupt_tokens))
+    hooks = P.resid_hook_names(model, "resid_pre")[::3]
+    scores = {d: P.normalise(P.patch_sweep(model, sweep.clean_tokens, sweep.corrupt_tokens, hooks, metric, direction=d,
+                                           last_position_only=True, progress=False), clean, corrupt)
+              for d in ("denoise", "noise")}
+    interaction = scores["denoise"] + scores["noise"] - 1
+    # Positions before the dual word are untouched by the corruption: exactly 0 + 1.
+    assert interaction[:, : sweep.dual_pos].abs().max() < 1e-3
+    if model.is_standin:
+        assert interaction.abs().max() < 0.1

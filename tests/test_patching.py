@@ -1,0 +1,142 @@
+"""Batched activation patching and path patching (exercises_lib.patching).
+
+The batched sweep must give the numbers of the one-forward-per-site loop; the
+resid_mid special case must patch the residual stream itself; path patching
+with every later input as a receiver must equal activation patching.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from exercises_lib import duality as D
+from exercises_lib import patching as P
+
+
+@pytest.fixture(scope="module")
+def setup(gpt2_standin):
+    model = gpt2_standin
+    prompts = D.left_right_prompts(model).subset([0, 3])  # one left-correct, one right-correct
+    metric = D.logit_diff_metric(prompts)
+    return model, prompts, metric
+
+
+def _close(a, b):
+    torch.testing.assert_close(a, b, atol=2e-3, rtol=1e-4)
+
+
+def test_normalise():
+    v = torch.tensor([-2.0, 1.0, 4.0])
+    torch.testing.assert_close(P.normalise(v, 4.0, -2.0), torch.tensor([0.0, 0.5, 1.0]))
+    torch.testing.assert_close(P.normalise(v, torch.tensor(-2.0), torch.tensor(4.0)), torch.tensor([1.0, 0.5, 0.0]))
+
+
+@pytest.mark.parametrize("direction", ["denoise", "noise"])
+def test_batched_equals_loop_resid(setup, direction):
+    model, ps, metric = setup
+    hooks = ["blocks.2.hook_resid_pre", "blocks.9.hook_resid_mid"]
+    positions = [ps.dual_pos, ps.seq_len - 1]
+    kw = dict(direction=direction, positions=positions, progress=False)
+    batched = P.patch_sweep(model, ps.clean_tokens, ps.corrupt_tokens, hooks, metric, batch_size=4, **kw)
+    looped = P.patch_loop(model, ps.clean_tokens, ps.corrupt_tokens, hooks, metric, **kw)
+    assert batched.shape == looped.shape == (2, 2)
+    _close(batched, looped)
+
+
+def test_batched_equals_loop_heads(setup):
+    model, ps, metric = setup
+    hooks = ["blocks.9.attn.hook_z"]
+    kw = dict(heads=True, direction="denoise", progress=False, last_position_only=True)
+    batched = P.patch_sweep(model, ps.clean_tokens, ps.corrupt_tokens, hooks, metric, **kw)
+    looped = P.patch_loop(model, ps.clean_tokens, ps.corrupt_tokens, hooks, metric, **kw)
+    assert batched.shape == (1, model.cfg.n_heads)
+    _close(batched, looped)
+
+
+def test_options_do_not_change_the_numbers(setup):
+    """Skipping identical sites, chunking and where a pass starts are optimisations only."""
+    model, ps, metric = setup
+    hooks = ["blocks.4.hook_resid_mid", "blocks.11.hook_resid_post", "hook_embed"]
+    positions = [0, ps.dual_pos - 1, ps.dual_pos, ps.seq_len - 1]
+    base = P.patch_sweep(model, ps.clean_tokens, ps.corrupt_tokens, hooks, metric, positions=positions, progress=False)
+    assert base.shape == (3, 4)
+    plain = P.patch_sweep(model, ps.clean_tokens, ps.corrupt_tokens, hooks, metric, positions=positions,
+                          progress=False, skip_identical=False, batch_size=2 * 3)
+    _close(base, plain)
+    # The positions before the dual word are identical in both runs: the unpatched value.
+    corrupt = metric(model(ps.corrupt_tokens))
+    _close(base[:, :2], corrupt.expand(3, 2))
+
+
+def test_per_prompt_metric_and_all_positions(setup):
+    model, ps, _ = setup
+    per_prompt = D.logit_diff_metric(ps, per_prompt=True)
+    out = P.patch_sweep(model, ps.clean_tokens, ps.corrupt_tokens, ["blocks.5.hook_resid_pre"], per_prompt,
+                        positions="all", progress=False)
+    assert out.shape == (1, len(ps))
+    clean = D.logit_diff(model(ps.clean_tokens), ps.correct, ps.incorrect)
+    _close(out[0], clean)  # patching every position of the residual stream restores the clean run
+
+
+def test_resid_mid_patches_the_residual_stream(setup):
+    """Patching resid_mid at every position gives the source run's logits exactly; writing to the
+    bridge's hook_resid_mid (= ln2.hook_in) does not: it only changes the MLP's input."""
+    model, ps, _ = setup
+    clean_logits, cache = model.run_with_cache(ps.clean_tokens)
+
+    def last_logits(logits):
+        return logits[:, -1, :200]
+
+    out = P.patch_sweep(model, ps.clean_tokens, ps.corrupt_tokens, ["blocks.10.hook_resid_mid"], last_logits,
+                        positions="all", progress=False)
+    _close(out[0], clean_logits[:, -1, :200])
+    naive = model.run_with_hooks(ps.corrupt_tokens, fwd_hooks=[
+        ("blocks.10.hook_resid_mid", lambda act, hook: cache["blocks.10.hook_resid_mid"])])
+    assert (naive[:, -1, :200] - clean_logits[:, -1, :200]).abs().max() > 1.0
+
+
+def test_patch_together_and_path_patch(setup):
+    model, ps, metric = setup
+    def receivers_after(layer: int, attention: bool) -> list[str]:
+        names = [f"blocks.{layer}.ln2.hook_in"] if attention else []
+        for later in range(layer + 1, model.cfg.n_layers):
+            names += [f"blocks.{later}.ln1.hook_in", f"blocks.{later}.ln2.hook_in"]
+        return names + ["ln_final.hook_in"]
+
+    layer, head = 9, 2  # any head: the identity holds for all of them
+    cases = [((layer, head), receivers_after(layer, True), (f"blocks.{layer}.attn.hook_z", head, None)),
+             ("blocks.8.hook_mlp_out", receivers_after(8, False), ("blocks.8.hook_mlp_out", None, None))]
+    for sender, receivers, site in cases:
+        via_paths = P.path_patch(model, ps.clean_tokens, ps.corrupt_tokens, sender, receivers, metric)
+        direct = P.patch_together(model, ps.clean_tokens, ps.corrupt_tokens, [site], metric)
+        _close(via_paths, direct)
+    # Nothing received: nothing changes.
+    none = P.path_patch(model, ps.clean_tokens, ps.corrupt_tokens, (3, 0), "blocks.2.ln1.hook_in", metric)
+    _close(none, metric(model(ps.clean_tokens)))
+
+
+def test_head_output_is_attn_out_minus_bias(setup):
+    model, ps, _ = setup
+    _, cache = model.run_with_cache(ps.clean_tokens)
+    total = sum(P.head_output(model, cache, 4, h) for h in range(model.cfg.n_heads))
+    _close(total + model.b_O[4], cache["blocks.4.hook_attn_out"])
+
+
+def test_errors(setup):
+    model, ps, metric = setup
+    with pytest.raises(ValueError, match="direction"):
+        P.patch_sweep(model, ps.clean_tokens, ps.corrupt_tokens, ["blocks.0.hook_resid_pre"], metric, direction="both")
+    with pytest.raises(ValueError, match="head axis"):
+        P.patch_sweep(model, ps.clean_tokens, ps.corrupt_tokens, ["blocks.0.hook_resid_pre"], metric, heads=True)
+    with pytest.raises(ValueError, match="same shape"):
+        P.patch_sweep(model, ps.clean_tokens, ps.corrupt_tokens[:, :-1], ["blocks.0.hook_resid_pre"], metric)
+    with pytest.raises(ValueError, match="component input"):
+        P.path_patch(model, ps.clean_tokens, ps.corrupt_tokens, (1, 1), "blocks.3.hook_resid_pre", metric)
+
+
+def test_hook_helpers(gpt2_standin):
+    assert P.resid_hook_names(gpt2_standin, "resid_mid")[3] == "blocks.3.hook_resid_mid"
+    assert P.hook_layer(gpt2_standin, "blocks.7.attn.hook_z") == 7
+    assert P.hook_layer(gpt2_standin, "hook_embed") == -1
+    assert P.hook_layer(gpt2_standin, "ln_final.hook_scale") == gpt2_standin.cfg.n_layers
