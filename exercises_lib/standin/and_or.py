@@ -1,0 +1,218 @@
+"""Plant: a two-head AND and a two-head OR (chapter 5, patching direction).
+
+Heimersheim's answer on patching direction (2023, write-up 002) argues that
+clean->corrupt patching ("denoising": clean activations inserted into the
+corrupted run) cannot find a circuit whose output needs *two* components to be
+clean at once (an AND), while corrupt->clean patching ("noising": corrupted
+activations inserted into the clean run) cannot find one where *either*
+component suffices (an OR). Nothing in GPT-2 small is known to be such a
+clean gate, so this plant builds both into the GPT-2-small stand-in, where the
+answer is known exactly, for chapter 5's worked example.
+
+Inputs
+    Two token classes get their own residual direction added to their
+    embeddings: colour words (``' red'``, ``' blue'``, ...) and animal words
+    (``' dog'``, ``' cat'``, ...). One member of each class is the *trigger*
+    (``' red'`` and ``' dog'``). A class-mate of a trigger is a corruption that
+    keeps every planted attention pattern the same and removes only the
+    trigger's identity.
+
+Heads
+    Four heads, two per gate. Each has a constant query (a query bias) against
+    a key that reads its class direction (score ``CLASS_SCORE`` above an
+    ordinary token) and a BOS direction added to the ``<|endoftext|>``
+    embedding (score ``BOS_SCORE``): it attends to the earlier member of its
+    class, or to BOS when there is none. Its OV circuit reads the *identity*
+    of its class's trigger (the direction of the trigger's own token
+    embedding) and writes ``SIGNAL`` times a direction of its own, so it
+    outputs that signal when it attends to the trigger and about nothing when
+    it attends to a class-mate (random embeddings are nearly orthogonal) or
+    to BOS. The first head of each gate reads the colour trigger, the second
+    the animal trigger.
+
+Gates (MLP ``mlp_layer``)
+    Two neurons per gate read the sum ``S`` of its two heads' signals (in
+    units of one head's signal, after LayerNorm). Their difference is a ramp
+    ``clamp((S - lo) / (hi - lo), 0, 1)``: with ``(lo, hi) = (1.4, 1.6)`` it is
+    1 only when both heads are on (AND), with ``(0.3, 0.5)`` when at least one
+    is (OR). The gain is large, so each neuron sits far in GELU's linear or
+    zero part and the gate is exact up to small noise. The AND gate raises the
+    logit difference ``' both' - ' none'``, the OR gate ``' either' -
+    ' neither'``, by about ``LOGIT_DIFF`` each.
+
+Default placement: AND heads 10.1 and 10.6, OR heads 11.3 and 11.9, neurons in
+MLP 11 (heads and neurons no other plant of the GPT-2-small stand-in uses).
+The heads must sit in layers up to ``mlp_layer``.
+
+Taught in: chapter 5 (LayerNorm and patching).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from exercises_lib.standin import POS_NORM, StandinBuild, register_plant
+
+COLOURS = [" red", " blue", " green", " yellow", " black", " white", " brown", " pink", " grey", " purple"]
+ANIMALS = [" dog", " cat", " horse", " cow", " bird", " fish", " sheep", " pig", " goat", " duck"]
+BOS = "<|endoftext|>"
+
+DEFAULT_PLACEMENT = {
+    "and_heads": [[10, 1], [10, 6]],  # [layer, head]: reads ' red', reads ' dog'
+    "or_heads": [[11, 3], [11, 9]],
+    "mlp_layer": 11,
+    "and_neurons": [412, 1717],
+    "or_neurons": [2048, 2960],
+}
+TRIGGERS = (" red", " dog")  # the colour and the animal the gates look for
+
+CLASS_AMP = 1.0  # norm of the class direction added to each class word's embedding
+BOS_AMP = 1.0  # norm of the BOS direction added to <|endoftext|>'s embedding
+# By layers 10-11 the quiet layers have added a vector of about this norm to every
+# position's residual stream (measured on the stand-in: |x| ~ 9.7 there against ~5 for a
+# layer-0 input), so LayerNorm multiplies by less there. Only the sizes below depend on
+# this estimate, not the gates' logic.
+QUIET_NORM = 8.5
+CLASS_SCORE = 12.0  # attention score of a class word above an ordinary token
+BOS_SCORE = 5.0  # attention score of BOS above an ordinary token
+SIGNAL = 0.5  # norm of each of a planted head's two outputs (presence, identity)
+GAIN = 30.0  # neuron pre-activation per unit of S - t R (one head's signal after LN)
+LOGIT_DIFF = 20.0  # logit difference a gate adds when it is on (large next to the ~1 by which
+# the quiet weights make the logits of prompts with different words differ)
+# Ramps on the fraction S/R of class words seen that are triggers: 0, 1/2 or 1.
+AND_RAMP = (0.7, 0.8)
+OR_RAMP = (0.2, 0.3)
+ANSWERS = {"and": (" both", " none"), "or": (" either", " neither")}
+
+
+def _late_ln_scale(norm0: float, d_model: int) -> float:
+    """LayerNorm's multiplier sqrt(d_model) / |x| in a late layer, for a position whose
+    layer-0 input has norm ``norm0`` (the quiet layers' vector added, orthogonally)."""
+    return math.sqrt(d_model) / math.sqrt(norm0**2 + QUIET_NORM**2)
+
+
+def _plant_head(
+    build: StandinBuild,
+    layer: int,
+    head: int,
+    class_dir: torch.Tensor,
+    bos_dir: torch.Tensor,
+    trigger_id: int,
+    identity_dir: torch.Tensor,
+    presence_dir: torch.Tensor,
+) -> None:
+    w, d = build.weights, build.cfg["d_model"]
+    d_head = build.cfg["d_head"]
+    p = f"blocks.{layer}.attn"
+    qk = build.layout.head_dims(layer, head, "qk", 2)
+    ov = build.layout.head_dims(layer, head, "ov", 2)
+    # LayerNorm multipliers of the source positions (a class word's layer-0 input has norm
+    # ~ |E + class + P|; BOS's also has the large early positional part).
+    E = w["embed.W_E"]
+    class_norm = math.sqrt(float(E[trigger_id].norm()) ** 2 + POS_NORM**2)
+    bos_norm = float((E[build.token_ids([BOS])[0]] + w["pos_embed.W_pos"][0]).norm())
+    s_class, s_bos = _late_ln_scale(class_norm, d), _late_ln_scale(bos_norm, d)
+    # QK: a constant query (bias) against keys reading the class and BOS directions.
+    a, b = qk.start, qk.start + 1
+    for name in ("W_Q", "W_K"):
+        w[f"{p}.{name}"][head][:, qk] = 0.0
+    for name in ("b_Q", "b_K"):
+        w[f"{p}.{name}"][head][qk] = 0.0
+    w[f"{p}.W_K"][head][:, a] = class_dir
+    w[f"{p}.W_K"][head][:, b] = bos_dir
+    w[f"{p}.b_Q"][head][a] = CLASS_SCORE * math.sqrt(d_head) / (s_class * CLASS_AMP)
+    w[f"{p}.b_Q"][head][b] = BOS_SCORE * math.sqrt(d_head) / (s_bos * BOS_AMP)
+    # OV: presence (any class word) and identity (the trigger's own token part).
+    tok_dirs = build.layout._named["tok"]  # the token subspace, [n_tok, d_model]
+    e_tok = (E[trigger_id] @ tok_dirs.T) @ tok_dirs  # no class or topic directions
+    reads = [class_dir / (CLASS_AMP * s_class), e_tok / (e_tok.norm() ** 2 * s_class)]
+    for dim, read, out in zip((ov.start, ov.start + 1), reads, (presence_dir, identity_dir)):
+        w[f"{p}.W_V"][head][:, dim] = read
+        w[f"{p}.b_V"][head][dim] = 0.0
+        w[f"{p}.W_O"][head][dim, :] = SIGNAL * out
+
+
+def _plant_gate(
+    build: StandinBuild,
+    layer: int,
+    neurons: list[int],
+    identity_dir: torch.Tensor,
+    presence_dir: torch.Tensor,
+    ramp: tuple[float, float],
+    answer: tuple[str, str],
+    other_answer: tuple[str, str],
+) -> None:
+    """Two neurons whose difference is clamp((S/R - lo) / (hi - lo), 0, 1) times the output.
+
+    The output moves the logit difference of ``answer`` and, being orthogonal to the
+    other gate's logit-difference direction, leaves the other gate's metric alone.
+    """
+    w, d = build.weights, build.cfg["d_model"]
+    p = f"blocks.{layer}.mlp"
+    # One head's signal after LN2 (the gate's logic does not depend on this estimate,
+    # only the neurons' margins and the height of the output do).
+    late_scale = _late_ln_scale(math.sqrt(d) / build.pos_term_scale(), d)
+    unit = SIGNAL * late_scale
+    lo, hi = ramp
+    E = w["embed.W_E"]
+    good, bad = build.token_ids(answer)
+    diff = E[good] - E[bad]
+    other = E[build.token_ids(other_answer)[0]] - E[build.token_ids(other_answer)[1]]
+    direction = diff - (diff @ other) / (other @ other) * other
+    # The final LN multiplies the residual by about late_scale before W_U = W_E^T.
+    out = LOGIT_DIFF * direction / ((direction @ diff) * late_scale)
+    height = GAIN * 2 * (hi - lo)  # G (S - lo R) - G (S - hi R) with R = 2 units
+    for neuron, threshold, sign in zip(neurons, (lo, hi), (1.0, -1.0)):
+        w[f"{p}.W_in"][:, neuron] = GAIN * (identity_dir - threshold * presence_dir) / unit
+        w[f"{p}.b_in"][neuron] = 0.0
+        w[f"{p}.W_out"][neuron, :] = sign * out / height
+
+
+@register_plant(
+    "and_or",
+    models=("gpt2-small",),
+    default_placement=DEFAULT_PLACEMENT,
+    description="a two-head AND gate and a two-head OR gate on two trigger words (patching direction)",
+    order=90,
+)
+def plant_and_or(build: StandinBuild, where: dict) -> None:
+    heads = [tuple(h) for h in where["and_heads"]] + [tuple(h) for h in where["or_heads"]]
+    if len(heads) != 4 or len(set(heads)) != 4:
+        raise ValueError(f"the AND and OR gates need four different heads, got {heads}")
+    mlp_layer = where["mlp_layer"]
+    if any(layer > mlp_layer for layer, _ in heads):
+        raise ValueError(f"every planted head must sit in a layer up to mlp_layer={mlp_layer}: {heads}")
+    neurons = list(where["and_neurons"]) + list(where["or_neurons"])
+    if len(neurons) != 4 or len(set(neurons)) != 4:
+        raise ValueError(f"the gates need four different neurons, got {neurons}")
+
+    E = build.weights["embed.W_E"]  # W_U is its transpose (tied): both change together
+    class_dirs = build.layout.direction("and_or.class", 2)
+    bos_dir = build.layout.direction("and_or.bos", 1)[0]
+    identity = build.layout.direction("and_or.identity", 2)  # one per gate
+    presence = build.layout.direction("and_or.presence", 2)
+    # Only the embeddings and the planted heads may write along these directions (the
+    # quiet weights would, at random, about 0.3 along any fixed direction by layer 10):
+    # then each planted head and gate reads only what it is meant to, whatever else is planted.
+    ours = torch.cat([class_dirs, bos_dir[None], identity, presence])  # [7, d_model], orthonormal
+    for layer in range(build.cfg["n_layers"]):
+        for key in (f"blocks.{layer}.attn.W_O", f"blocks.{layer}.mlp.W_out",
+                    f"blocks.{layer}.attn.b_O", f"blocks.{layer}.mlp.b_out"):
+            if key in build.weights:
+                W = build.weights[key]
+                W -= (W @ ours.T) @ ours
+    E[build.token_ids(COLOURS)] += CLASS_AMP * class_dirs[0]
+    E[build.token_ids(ANIMALS)] += CLASS_AMP * class_dirs[1]
+    E[build.token_ids([BOS])] += BOS_AMP * bos_dir
+    triggers = build.token_ids(TRIGGERS)
+    for k, (layer, head) in enumerate(heads):
+        gate, inp = divmod(k, 2)  # first head of a gate reads the colour class, second the animal class
+        _plant_head(build, layer, head, class_dirs[inp], bos_dir, triggers[inp], identity[gate], presence[gate])
+    for gate, key, other, ramp in ((0, "and", "or", AND_RAMP), (1, "or", "and", OR_RAMP)):
+        neurons = list(where[f"{key}_neurons"])
+        _plant_gate(build, mlp_layer, neurons, identity[gate], presence[gate], ramp, ANSWERS[key], ANSWERS[other])
+    build.notes.append(
+        f"and_or: AND of heads {heads[:2]}, OR of heads {heads[2:]}, gates in MLP {mlp_layer}"
+    )

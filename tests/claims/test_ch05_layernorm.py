@@ -1,0 +1,98 @@
+"""Chapter 5's claims ("Across chapters" 1-4 of CLAIMS.md, from write-up 002).
+
+On the real models the expectations are qualitative, as in the write-up
+(which gives no numbers for them); on the stand-ins they are what was built
+or planted, measured from behaviour.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from exercises_lib import layernorm as LN
+from exercises_lib.texts import load_text
+
+
+@pytest.fixture(autouse=True)
+def _no_grad():
+    with torch.no_grad():
+        yield
+
+
+def _text_tokens(model, names=("fiction", "cooking"), n: int = 128):
+    return torch.cat([model.to_tokens(load_text(name))[:, :n] for name in names])
+
+
+def test_noln_logits_equal_hugging_face(course_model, source):
+    """Across 1: the LayerNorm-free GPT-2, loaded with its LayerNorms disabled, gives the
+    Hugging Face model's logits (real: apollo-research/gpt2_noLN; stand-in: the same
+    construction from the stand-in's weights)."""
+    model = course_model("gpt2-noLN")
+    ref = LN.layernorm_free_reference(model)
+    tokens = _text_tokens(model, ("fiction",), 64)
+    logits = model(tokens)
+    diff = LN.max_logit_difference(model, ref, tokens)
+    # float32 rounding through twelve blocks, relative to the size of the logits
+    assert diff <= 1e-4 * logits.abs().max() + 1e-3, f"max |difference| {diff:.3g}"
+    _, cache = model.run_with_cache(tokens[:1], names_filter=lambda n: n.endswith("hook_scale"))
+    for name in LN.ln_hook_names(model.cfg.n_layers):  # every LayerNorm is switched off
+        assert torch.equal(cache[f"{name}.hook_scale"], torch.ones_like(cache[f"{name}.hook_scale"]))
+    del ref
+
+
+def test_residual_norm_growth(course_model, source):
+    """Across 4: the residual stream's norm grows roughly exponentially over the layers.
+
+    Real GPT-2 small (layers 1-12, BOS left out): a growth factor per layer of more
+    than 1.05 and a good exponential fit (R^2 of log norms > 0.8)."""
+    if source == "standin":
+        pytest.skip("norm growth is not planted in the stand-in (every later-layer plant is tuned to "
+                    "the LayerNorm scale of an unamplified residual); the chapter quotes the "
+                    "write-up's real-model observation and measures it where the weights load")
+    model = course_model("gpt2-small")
+    norms = LN.residual_norms(model, _text_tokens(model))
+    fit = LN.growth_fit(norms, start=1)
+    later = norms[1:]
+    assert (later[1:] > later[:-1]).float().mean() >= 0.8  # grows from layer to layer
+    assert 1.05 < float(fit["factor"]) < 1.6, fit["factor"]
+    assert float(fit["r2"]) > 0.8, fit["r2"]
+
+
+def test_patching_direction_finds_and_or_gates(course_model, source):
+    """Across 2: corrupt->clean (noising) finds the inputs of an AND and misses those of
+    an OR; clean->corrupt (denoising) the other way round."""
+    if source == "real":
+        pytest.skip("the AND/OR gates are planted in the stand-in: GPT-2 small has no known exact gate "
+                    "(the notebook runs this example on a stand-in even where real weights load)")
+    model = course_model("gpt2-small")
+    clean, corrupt, metric = LN.and_or_task(model)
+    found = LN.attention_effects_by_direction(model, clean, corrupt, metric)
+    heads = found["heads"]
+    and_sites = LN.gate_like_sites(heads["denoise"][..., 0], heads["noise"][..., 0])
+    or_sites = LN.gate_like_sites(heads["denoise"][..., 1], heads["noise"][..., 1])
+    assert len(and_sites["noise_only"]) == 2 and not and_sites["denoise_only"] and not and_sites["both"]
+    assert len(or_sites["denoise_only"]) == 2 and not or_sites["noise_only"] and not or_sites["both"]
+    # Patching both AND heads together restores the AND (they are sufficient together).
+    from exercises_lib.patching import patch_together
+
+    sites = [(f"blocks.{l}.attn.hook_z", h, None) for l, h in and_sites["noise_only"]]
+    both = patch_together(model, clean, corrupt, sites, metric, direction="denoise")
+    effect = LN.patching_effect(both, found["clean"], found["corrupt"], "denoise")
+    assert float(effect[0]) > 0.9
+
+
+def test_corrupted_token_choice_matters(course_model, source):
+    """Across 3: a corruption that is not equivalent changes a head's attention by itself;
+    an equivalent one (same class for the heads that care) does not."""
+    if source == "real":
+        pytest.skip("the write-up's example ('param' -> 'arg', head 0.2 of attn-only-4l) is a plot "
+                    "without numbers; the stand-in's colour-class heads (planted) carry the claim")
+    model = course_model("gpt2-small")
+    tokens = model.to_tokens("The red hat sat on the dog, so the answer is")
+    others = [" big", " old", " small", " new"]
+    ids = [model.to_single_token(w) for w in others + [" blue", " green"]]
+    shifts = LN.attention_shifts(model, tokens, 2, ids)  # [cand, layer, head]
+    special = shifts[: len(others)].amin(0) > 0.5  # every non-colour moves these heads
+    assert special.sum() >= 1
+    assert shifts[len(others):][:, special].max() < 0.05  # other colours leave them alone
