@@ -92,7 +92,7 @@ def test_compare_reports_index_and_size():
     assert compare(a, a) is None
 
 
-def test_every_registered_check_passes_its_reference(gpt2_standin, attn_only_standin):
+def test_every_registered_check_passes_its_reference(check_context):
     """Each chapter's checks accept the reference (on the stand-in of their model)."""
     from exercises_lib.checks import _load_check_modules
 
@@ -100,7 +100,6 @@ def test_every_registered_check_passes_its_reference(gpt2_standin, attn_only_sta
     for name, chk in CHECKS.items():
         if name.startswith("_test"):
             continue
-        models = {"gpt2-small": gpt2_standin, "attn-only-4l": attn_only_standin}
-        ctx = {"model": models[chk.model]} if "model" in chk.needs else {}
+        ctx = check_context(chk)
         result = run_check(name, chk.reference, **ctx)
         assert result.passed, f"{name}: {result.message}"
