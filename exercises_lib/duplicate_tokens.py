@@ -192,8 +192,9 @@ def relative_error(approx: Tensor, exact: Tensor) -> Float[Tensor, "..."]:
 
 def pvo_contributions(model, head: int, layer: int = LAYER) -> Float[Tensor, "pos neuron"]:
     """PVO_h[i, k] = P[i] V_h O_h W_in[:, k] for every position and every MLP neuron (no LN scales)."""
-    PV = model.W_pos @ model.W_V[layer, head]  # [pos, d_head]
-    OW = model.W_O[layer, head] @ model.W_in[layer]  # [d_head, d_mlp]
+    block = model.blocks[layer]  # one layer's weights: model.W_V etc. stack all layers on every access
+    PV = model.W_pos @ block.attn.W_V[head]  # [pos, d_head]
+    OW = block.attn.W_O[head] @ block.mlp.W_in  # [d_head, d_mlp]
     return PV @ OW
 
 
@@ -230,9 +231,10 @@ def line_fit(y: Float[Tensor, "pos"], x: Tensor | None = None) -> dict:
 
 def _pvo_one_neuron(model, neuron: int, n_pos: int) -> Float[Tensor, "head pos"]:
     """PVO_h[i, neuron] for every head h (batched over heads)."""
-    w = model.W_in[LAYER][:, neuron]  # [d_model]
-    Ow = model.W_O[LAYER] @ w  # [head, d_head]
-    PV = torch.einsum("pm,hmd->hpd", model.W_pos[:n_pos], model.W_V[LAYER])  # [head, pos, d_head]
+    block = model.blocks[LAYER]  # one layer's weights (model.W_in etc. stack all layers on every access)
+    w = block.mlp.W_in[:, neuron]  # [d_model]
+    Ow = block.attn.W_O @ w  # [head, d_head]
+    PV = torch.einsum("pm,hmd->hpd", model.W_pos[:n_pos], block.attn.W_V)  # [head, pos, d_head]
     return torch.einsum("hpd,hd->hp", PV, Ow)
 
 
@@ -251,7 +253,7 @@ def positional_contributions_to_neuron(
     n_pos = pattern.shape[-1]
     pvo = _pvo_one_neuron(model, neuron, n_pos)  # [head, src]
     heads = torch.einsum("hns,hs->hn", pattern, pvo * ln1_scale[None, :])
-    direct = model.W_pos[:n_pos] @ model.W_in[LAYER][:, neuron]
+    direct = model.W_pos[:n_pos] @ model.blocks[LAYER].mlp.W_in[:, neuron]
     return torch.cat([heads, direct[None]], dim=0) * ln2_scale[None, :]
 
 
