@@ -48,15 +48,21 @@ def test_claim_3_1_behaviour_distribution(course_model):
 
 
 def test_claim_3_2_templates(course_model):
-    """Three templates of 120, 50 and 50 prompts with single-token answers; 1.4 shows the
-    template's behaviour at the destination (majority label)."""
+    """Each template brings out its own behaviour of 1.4 at the destination: the template's
+    behaviour is the majority label there, and it is far more common (by >= 0.5) in its own
+    template than in the other templates present. (The prompt counts, 120/50/50, are set by
+    our generator, so they are not asserted.)"""
     model = course_model("attn-only-4l")
     sets = _prompt_sets(model)
-    assert {k: len(v) for k, v in sets.items()} == {"induction": 120, "indentation": 50, "previous": 50}
     expected = {"induction": "induction", "previous": "previous", "indentation": "bigger-indentation"}
-    for name in _present(model):
-        shares = P.destination_labels(model, sets[name], LAYER, HEAD)
-        assert shares.get(expected[name], 0) >= 0.5, (name, shares)
+    present = _present(model)
+    shares = {name: P.destination_labels(model, sets[name], LAYER, HEAD) for name in present}
+    for name in present:
+        label = expected[name]
+        assert shares[name].get(label, 0) >= 0.5, (name, shares[name])
+        for other in present:
+            if other != name:
+                assert shares[name].get(label, 0) - shares[other].get(label, 0) >= 0.5, (name, other, shares)
 
 
 def test_claim_3_3_bos_ablation_table(course_model):

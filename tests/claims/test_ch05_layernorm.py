@@ -68,18 +68,28 @@ def test_patching_direction_finds_and_or_gates(course_model, source):
     model = course_model("gpt2-small")
     clean, corrupt, metric = LN.and_or_task(model)
     found = LN.attention_effects_by_direction(model, clean, corrupt, metric)
+    # The corruption must remove both behaviours, or the effects below mean nothing.
+    assert (found["clean"] - found["corrupt"] > 2.0).all(), (found["clean"], found["corrupt"])
     heads = found["heads"]
     and_sites = LN.gate_like_sites(heads["denoise"][..., 0], heads["noise"][..., 0])
     or_sites = LN.gate_like_sites(heads["denoise"][..., 1], heads["noise"][..., 1])
     assert len(and_sites["noise_only"]) == 2 and not and_sites["denoise_only"] and not and_sites["both"]
     assert len(or_sites["denoise_only"]) == 2 and not or_sites["noise_only"] and not or_sites["both"]
-    # Patching both AND heads together restores the AND (they are sufficient together).
+    # Not only on either side of the 0.5 threshold: close to all (>= 0.8) in the direction that
+    # sees a gate input and close to nothing (<= 0.2) in the other.
+    for k, sites, seen, unseen in ((0, and_sites["noise_only"], "noise", "denoise"),
+                                   (1, or_sites["denoise_only"], "denoise", "noise")):
+        for l, h in sites:
+            assert float(heads[seen][l, h, k]) >= 0.8 and abs(float(heads[unseen][l, h, k])) <= 0.2, (k, l, h)
+    # Jointly, each gate's inputs matter in the direction that missed them one at a time:
+    # denoising both AND heads restores the AND, noising both OR heads destroys the OR.
     from exercises_lib.patching import patch_together
 
-    sites = [(f"blocks.{l}.attn.hook_z", h, None) for l, h in and_sites["noise_only"]]
-    both = patch_together(model, clean, corrupt, sites, metric, direction="denoise")
-    effect = LN.patching_effect(both, found["clean"], found["corrupt"], "denoise")
-    assert float(effect[0]) > 0.9
+    for k, sites, direction in ((0, and_sites["noise_only"], "denoise"), (1, or_sites["denoise_only"], "noise")):
+        z_sites = [(f"blocks.{l}.attn.hook_z", h, None) for l, h in sites]
+        both = patch_together(model, clean, corrupt, z_sites, metric, direction=direction)
+        effect = LN.patching_effect(both, found["clean"], found["corrupt"], direction)
+        assert float(effect[k]) > 0.9, (direction, effect)
 
 
 def test_corrupted_token_choice_matters(course_model, source):
