@@ -50,6 +50,9 @@ def test_claim1_three_duplicate_token_heads(course_model):
 
 def test_claim2_layer0_ln_scale(course_model):
     model = course_model("gpt2-small")
+    if model.is_standin:
+        pytest.skip("the stand-in stores E and P in orthogonal subspaces by construction, so the cosine is 0 "
+                    "and the orthogonal approximation is exact: the claim cannot fail on it")
     E, P = model.W_E, model.W_pos
     cos = torch.nn.functional.cosine_similarity(E[:5000:7, None, :], P[None, 100:1000:50, :], dim=-1)
     assert cos.abs().mean() < 0.1  # write-up: about 0.05
@@ -89,10 +92,16 @@ def test_claim4_pvo_norm_map_singles_out_neuron_1168(course_model):
     fit = dt.line_fit(pvo[20:1000, 1168], torch.arange(20, 1000))
     assert fit["r2"] > 0.8 and 350 < fit["zero_crossing"] < 650 and fit["slope"] < 0  # write-up: ~500
     tokens, cache = _genesis(model)
-    scale = cache["blocks.0.ln2.hook_scale"][0, 100:, 0]
-    assert scale.std() / scale.mean() < 0.15  # stable
-    if not model.is_standin:  # write-up: about 1.2 (TransformerLens's divisor, or its inverse)
-        assert 0.6 < scale.median() < 1.6
+    # The write-up's convention: a multiplicative scale sqrt(d_model) / |x| (its "lnscale" multiplies the
+    # residual), i.e. the inverse of TransformerLens's divisor ``hook_scale``.
+    scale = 1 / cache["blocks.0.ln2.hook_scale"][0, 100:, 0]
+    # On both models: nearly constant over tokens and positions, which is what linearising it needs.
+    assert scale.std() / scale.mean() < 0.15
+    if not model.is_standin:
+        # Write-up: "pretty stable around 1.2". Loose (a factor of 2 either way): the write-up gives one
+        # rounded figure, does not say over which text or positions, and this was not run on real weights here.
+        assert 0.6 < float(scale.median()) < 2.4
+    # The stand-in's value (about 4.6) is a consequence of how its residual stream was built, not a claim.
 
 
 def test_claim5_neuron_1168_reads_far_copies(course_model):
@@ -116,6 +125,28 @@ def test_claim5_neuron_1168_reads_far_copies(course_model):
     assert pre[2] - pre[0] > 0.5 and pre[1] - pre[0] < 0.25 and pre[2] > 0
     early = dt.neuron_pre_vs_copy_distance(model, 1168, [30], position=50, n_samples=8)
     assert early[0] < pre[2] - 0.5
+
+
+def test_claim5_neuron_1168_prefers_occasional_over_constant_repeats(course_model):
+    """Write-up: neuron 1168 fires on words repeated occasionally, not on words repeated constantly.
+
+    Real model only. The stand-in was built from the uniform-attention formula, which predicts the
+    opposite (constant repeats have copies at all distances, so a large mean distance), and it fires
+    more on constant repeats: the claim is not reproduced there (chapter 1 says so).
+    """
+    model = course_model("gpt2-small")
+    if model.is_standin:
+        pytest.skip("not reproduced on the stand-in: it follows the uniform-attention formula, which predicts "
+                    "a larger activation on constantly repeated words")
+    tokens, cache = _genesis(model)
+    pre = cache["blocks.0.mlp.hook_pre"][0, :, 1168]
+    mask = dt.earlier_copy_mask(tokens)[0]
+    n_idx = torch.arange(tokens.shape[-1], device=mask.device)
+    nearest = torch.where(mask, n_idx[:, None] - n_idx[None, :], 10**6).min(-1).values
+    occasional = (nearest >= 100) & (nearest < 10**6) & (n_idx >= 200)
+    constant = (nearest <= 10) & (mask.sum(-1) >= 10) & (n_idx >= 200)
+    assert occasional.sum() >= 20 and constant.sum() >= 20
+    assert float(pre[occasional].mean()) > float(pre[constant].mean())
 
 
 def test_claim6_weights_only_prediction_tracks_the_neuron(course_model):
