@@ -2,9 +2,10 @@
 
 Real-model expectations come from the write-up "Exploring Duality" (2023),
 with the tolerances stated in each test; they are skipped with a reason where
-the real weights cannot be loaded. Stand-in expectations come from what was
-planted (read from ``model.standin_placement``, which only tests may do) and
-are measured from behaviour.
+the real weights cannot be loaded. Nothing here reads where the stand-in's
+mechanism was planted: the head under test is discovered from behaviour on
+both models (``_dual_head``), then checked against the write-up's head 9.7 on
+the real model and against the behaviour the claims describe on the stand-in.
 """
 
 from __future__ import annotations
@@ -20,11 +21,28 @@ pytestmark = pytest.mark.claims
 torch.set_grad_enabled(False)
 
 
-def _expected_head(model) -> tuple[int, int]:
-    if model.is_standin:
-        where = model.standin_placement["duality"]
-        return int(where["layer"]), int(where["head"])
-    return 9, 7  # the write-up's head
+def _dual_head(model) -> tuple[int, int]:
+    """The head found from behaviour on the left-correct prompts.
+
+    Candidates are the heads that "attend mostly" to the earlier dual word:
+    from the final position, the dual word is the source they attend to most
+    (mean over prompts). Among them, the one with the largest mean direct logit
+    attribution to the logit difference. How *much* it attends and how much of
+    the DLA it carries are asserted by the claims, not used to pick it.
+    On the real model the result must be the write-up's head, 9.7.
+    """
+    ps = D.left_right_prompts(model, " left")
+    _, cache = model.run_with_cache(ps.clean_tokens)
+    dla = D.head_logit_attribution(cache, D.logit_diff_directions(model, ps.correct, ps.incorrect)).mean(-1)
+    final_attention = torch.stack(
+        [cache[f"blocks.{layer}.attn.hook_pattern"][:, :, -1, :].mean(0) for layer in range(model.cfg.n_layers)]
+    )  # [layer, head, src]
+    reads_dual_word = final_attention.argmax(-1) == ps.dual_pos
+    assert reads_dual_word.any(), "no head attends mostly from the final position to the dual word"
+    layer, head, _ = D.top_heads(dla.masked_fill(~reads_dual_word, float("-inf")), 1)[0]
+    if not model.is_standin:
+        assert (layer, head) == (9, 7), f"discovered head {layer}.{head}, the write-up's is 9.7"
+    return layer, head
 
 
 def _lr_dla(model):
@@ -66,8 +84,8 @@ def test_claim_4_2_logit_lens(course_model):
     labels = D.resid_labels(model.cfg.n_layers)
     half = labels[int((mean > 0.5 * mean[-1]).nonzero()[0])]
     layer = int(half.split("_")[0]) if half != "final_post" else model.cfg.n_layers
-    if model.is_standin:  # the jump is at the planted head's attention layer
-        assert half == f"{_expected_head(model)[0]}_mid"
+    if model.is_standin:  # one head writes the difference: the jump is at the discovered head's attention layer
+        assert half == f"{_dual_head(model)[0]}_mid"
     else:  # the write-up's curve rises in the second half of the network
         assert layer >= 6
 
@@ -75,12 +93,16 @@ def test_claim_4_2_logit_lens(course_model):
 def test_claim_4_3_one_head_dominates_dla(course_model):
     """4.3: one head (9.7 on the real model) dominates the DLA and attends to the dual word."""
     model = course_model("gpt2-small")
-    ps, _, cache, dla = _lr_dla(model)
-    (layer, head, value), second = D.top_heads(dla, 2)
-    assert (layer, head) == _expected_head(model)
+    ps, logits, cache, dla = _lr_dla(model)
+    layer, head = _dual_head(model)  # on the real model: asserted to be 9.7
+    (top_layer, top_head, value), second = D.top_heads(dla, 2)
+    # The head that reads the dual word is also the top DLA head over all heads, far ahead of the next.
+    assert (top_layer, top_head) == (layer, head)
     assert value > 2 * abs(second[2])  # "only one head provides a significant logit difference"
     att = D.dual_word_attention(cache[f"blocks.{layer}.attn.hook_pattern"], head, ps.dual_pos).mean()
     assert att > 0.5  # "almost all of its attention" on the real model
+    if model.is_standin:  # one head is the whole circuit: it writes most of the logit difference directly
+        assert value > 0.5 * float(D.logit_diff(logits, ps.correct, ps.incorrect).mean())
 
 
 def _resid_scores(model, positions):
@@ -101,12 +123,37 @@ def test_claim_4_4_patching_hot_spots(course_model):
     assert pre[0, 0] > 0.95 and mid[-1, 1] > 0.95
     handover = int((mid[:, 1] > mid[:, 0]).nonzero()[0])
     if model.is_standin:
-        assert handover == _expected_head(model)[0]
+        assert handover == _dual_head(model)[0]
     else:  # write-up: resid_pre 6 at the dual word recovers most; the last token none at resid_pre 6, some at resid_mid 6
         assert pre[6, 0] > 0.5
         assert pre[6, 1] < 0.2
         assert mid[6, 1] > pre[6, 1] + 0.05
         assert handover <= 9
+
+
+def test_claim_4_4_mlps_8_and_10(course_model):
+    """4.4 (MLPs): patching one MLP's output (all positions) per layer, both directions. Real: MLP 8 or MLP 10
+    matters. Stand-in: its circuit is one head, so no MLP carries the difference."""
+    model = course_model("gpt2-small")
+    left = D.left_right_prompts(model, " left")
+    sweep = left if not model.is_standin else left.subset([0, 1])
+    metric = D.logit_diff_metric(sweep)
+    clean, corrupt = metric(model(sweep.clean_tokens)), metric(model(sweep.corrupt_tokens))
+    hooks = P.resid_hook_names(model, "mlp_out")
+    scores = {d: P.normalise(P.patch_sweep(model, sweep.clean_tokens, sweep.corrupt_tokens, hooks, metric, direction=d,
+                                           positions="all", last_position_only=True, progress=False),
+                             clean, corrupt).flatten()
+              for d in ("denoise", "noise")}
+    recovered, lost = scores["denoise"], 1 - scores["noise"]  # [layer] each
+    if model.is_standin:
+        assert recovered.abs().max() < 0.1 and lost.abs().max() < 0.1
+    else:
+        # The write-up has no per-MLP patching figure: its MLP evidence is indirect (the patched logit difference
+        # jumps after MLP 8, "to almost 0.5" at resid_pre 9 when resid_mid 6 of the last token is patched; MLP 10
+        # is said to write into the logit subspace) and its credences for MLP 8 / MLP 10 mechanisms are 50 % each.
+        # So the bound is loose: one of the two, in one direction, moves at least a tenth of the difference.
+        share = max(float(recovered[8]), float(lost[8]), float(recovered[10]), float(lost[10]))
+        assert share > 0.1, (recovered.tolist(), lost.tolist())
 
 
 def test_claim_4_5_same_head_for_other_pairs(course_model):
@@ -115,16 +162,16 @@ def test_claim_4_5_same_head_for_other_pairs(course_model):
     pairs = D.pair_prompts(model)
     _, cache = model.run_with_cache(pairs.clean_tokens)
     dla = D.head_logit_attribution(cache, D.logit_diff_directions(model, pairs.correct, pairs.incorrect)).mean(-1)
-    assert _expected_head(model) in [(l, h) for l, h, _ in D.top_heads(dla, 3)]
+    assert _dual_head(model) in [(l, h) for l, h, _ in D.top_heads(dla, 3)]
 
 
 def test_claim_4_6_hypotheses_are_testable(course_model):
     """4.6: path patching runs on the write-up's heads; with every later input as receiver it equals
-    activation patching. Stand-in: the planted head acts directly (its direct path carries its effect)."""
+    activation patching. Stand-in: the discovered head acts directly (its direct path carries its effect)."""
     model = course_model("gpt2-small")
     sweep = D.left_right_prompts(model, " left").subset([0, 1])
     metric = D.logit_diff_metric(sweep)
-    layer, head = _expected_head(model)
+    layer, head = _dual_head(model)  # on the real model: asserted to be 9.7
     receivers = [f"blocks.{layer}.ln2.hook_in"]
     for later in range(layer + 1, model.cfg.n_layers):
         receivers += [f"blocks.{later}.ln1.hook_in", f"blocks.{later}.ln2.hook_in"]
