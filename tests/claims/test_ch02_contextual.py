@@ -9,6 +9,7 @@ to report, not necessarily a bug.
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from exercises_lib import contextual as cx
@@ -81,12 +82,32 @@ def test_claim_2_1_positional_pattern_from_weights(course_model):
         assert cx.classify_heads(cx.head_features(pi_w), d["copy"]) == d["groups"], word
 
 
-def test_claim_2_2_factorisation_is_exact(course_model):
+def test_claim_2_2_content_factor_is_a_per_token_weight(course_model):
+    """a = pi c / Z, with c a weight of the *source token*: the content factor computed from the weights
+    alone (fixed destination ' the', cx.content_weights), times the real pi and renormalised, reproduces
+    the plain contextual heads' real patterns better than pi alone does.
+
+    The recomposition pi c / Z == pattern is an identity (checked as an invariant in the notebook), so it
+    is not asserted here. Tolerances set on the stand-in (TV about 0.18 with c, 0.27 without); not run
+    on the real weights here.
+    """
     model = course_model("gpt2-small")
-    toks = cx.tokens_of(model, load_text("bible_genesis"), 400)
-    cache = cx.layer0_cache(model, toks)
-    pi, c, Z = cx.factorise_pattern(model, toks, cache)
-    assert (pi * c / Z[..., None] - cache["blocks.0.attn.hook_pattern"][0]).abs().max() < 1e-4
+    d = _shared(model)
+    plain = d["plain"]
+    assert plain, "no contextual head without duplicate-token behaviour was found"
+    with_c, without_c = [], []
+    for name in ("bible_genesis", "legal_gpl3", "british_prose"):
+        toks = d["texts"][name][:400]
+        cache = cx.layer0_cache(model, toks)
+        pi, _, _ = cx.factorise_pattern(model, toks, cache)
+        real = cache["blocks.0.attn.hook_pattern"][0]
+        c = cx.content_weights(model, toks, d["the"])  # [head, pos], from the weights
+        approx = pi * c[:, None, :]
+        approx = approx / approx.sum(-1, keepdim=True)
+        with_c.append(0.5 * (approx - real).abs().sum(-1)[plain, 100:].mean())
+        without_c.append(0.5 * (pi - real).abs().sum(-1)[plain, 100:].mean())
+    with_c, without_c = float(torch.stack(with_c).mean()), float(torch.stack(without_c).mean())
+    assert with_c < 0.25 and with_c < without_c - 0.03, (with_c, without_c)
 
 
 def test_claim_2_3_head_groups(course_model):
@@ -133,22 +154,39 @@ def test_claim_2_5_bag_of_tokens(course_model):
 
 
 def test_claim_2_6_contextual_neurons_from_the_weights(course_model):
-    """Neurons 300 and 704 (British vs American), 1621 (conflict), 1710 (religious text) are found from
-    token contributions and token counts alone; 300 and 704 read alike and write in opposite directions."""
+    """Contextual neurons are found from token contributions and token counts alone.
+
+    On the stand-in (neurons discovered, never named): the most selective neuron for religious text, for
+    the war history and the two most selective for British vs American prose stand far out of the bulk
+    (selectivity more than 10 median absolute deviations above the median neuron, token-contribution
+    tails above 10 where Gaussian contributions give about 4); the British pair reads alike and writes
+    in opposite directions. On the real model, the write-up's neurons 300, 704 (Britain), 1621 (conflict), 1710 (religion) must
+    be among the 1% most selective for their texts, and 300 and 704 read alike and write oppositely.
+    """
     model = course_model("gpt2-small")
     d = _shared(model)
-    for k, topic in [(300, "britain"), (704, "britain"), (1621, "conflict"), (1710, "religion")]:
+    top, bottom = cx.tail_scores(d["summary"])
+    tail = top.maximum(bottom)
+    found = {"religion": [int(d["sel"]["religion"].argmax())], "conflict": [int(d["sel"]["conflict"].argmax())],
+             "britain": d["sel"]["britain"].topk(2).indices.tolist()}
+    for topic, neurons in (found.items() if model.is_standin else []):
         sel = d["sel"][topic]
-        assert int((sel > sel[k]).sum()) < 0.01 * len(sel), (k, topic)
+        median = sel.median()
+        mad = (sel - median).abs().median()
+        for k in neurons:
+            assert float((sel[k] - median) / mad) > 10, (topic, k)
+            assert float(tail[k]) > 10, (topic, k, float(tail[k]))
     W_in = cx.layer0_weights(model)["W_in"]
-    contrib = [cx.token_contributions(d["ext"], W_in[:, k], 1.0) for k in (300, 704)]
-    assert torch.corrcoef(torch.stack(contrib))[0, 1] > 0.5
     W_out = model.W_out[0]
-    assert torch.nn.functional.cosine_similarity(W_out[300], W_out[704], dim=0) < 0
-    if model.is_standin:  # the planted neurons' tails stand far out of the Gaussian bulk
-        top, bottom = cx.tail_scores(d["summary"])
-        tail = top.maximum(bottom)
-        assert set(tail.topk(4).indices.tolist()) == {300, 704, 1621, 1710} and tail.topk(5).values[-1] < 10
+    pairs = [tuple(found["britain"])] if model.is_standin else [(300, 704)]
+    for a, b in pairs:
+        contrib = [cx.token_contributions(d["ext"], W_in[:, k], 1.0) for k in (a, b)]
+        assert torch.corrcoef(torch.stack(contrib))[0, 1] > 0.5, (a, b)
+        assert torch.nn.functional.cosine_similarity(W_out[a], W_out[b], dim=0) < 0, (a, b)
+    if not model.is_standin:  # the write-up's neurons
+        for k, topic in [(300, "britain"), (704, "britain"), (1621, "conflict"), (1710, "religion")]:
+            sel = d["sel"][topic]
+            assert int((sel > sel[k]).sum()) < 0.01 * len(sel), (k, topic)
 
 
 def test_claim_2_7_prediction_follows_the_topic(course_model):
@@ -166,9 +204,14 @@ def test_claim_2_7_prediction_follows_the_topic(course_model):
 
 
 def test_claim_2_8_appendix(course_model):
-    """Layer-1 (second layer) heads are mostly positional; an SVD splits a contribution vector into parts
-    that add up to it."""
+    """Appendix: several layer-1 (second layer) heads attend almost purely positionally (the same rows on
+    two unrelated texts). Real model only: the stand-in's layer 1 carries no planted mechanism, so its
+    near-uniform random heads would pass trivially. The SVD split of a neuron's contributions is
+    exploratory in the write-up and its parts add up to the input by construction: it is not asserted.
+    """
     model = course_model("gpt2-small")
+    if model.is_standin:
+        pytest.skip("the stand-in's layer 1 has nothing planted: its near-uniform heads are positional trivially")
     d = _shared(model)
     patterns = []
     for name in ("bible_genesis", "legal_gpl3"):
@@ -177,9 +220,3 @@ def test_claim_2_8_appendix(course_model):
         patterns.append(cache["blocks.1.attn.hook_pattern"][0])
     tv = 0.5 * (patterns[0] - patterns[1]).abs().sum(-1)[:, 100:].mean(-1)
     assert int((tv < 0.3).sum()) >= 3, tv
-    k = int(d["sel"]["conflict"].argmax())
-    w = d["approx"].ln2_scale * cx.layer0_weights(model)["W_in"][:, k]
-    centred = d["ext"] - d["ext"].mean(0)
-    ids = (centred @ w).abs().topk(200).indices
-    parts = cx.contribution_components(centred[ids], w, 200)
-    torch.testing.assert_close(parts.sum(-1), centred[ids] @ w, atol=1e-3, rtol=1e-3)
