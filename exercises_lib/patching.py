@@ -304,9 +304,45 @@ def _forward_from(
         for block in model.blocks[start:]:
             out = block(x)
             x = out[0] if isinstance(out, tuple) else out
-        if last_position_only:
-            x = x[:, -1:]
-        return model.unembed(model.ln_final(x))
+        x = model.ln_final(x)  # before slicing: hooks in ln_final see every position
+        return model.unembed(x[:, -1:] if last_position_only else x)
+
+
+def _forward_staggered(
+    model,
+    row_starts: list[int],
+    resid: dict[int, Tensor],
+    rows_prompt: Tensor,
+    fwd_hooks: list,
+    last_position_only: bool,
+) -> Tensor:
+    """Logits of a pass whose rows enter the model at different blocks.
+
+    Row ``r`` starts at block ``row_starts[r]`` (non-decreasing in ``r``) from
+    the cached residual stream ``resid[start][rows_prompt[r]]``: the blocks
+    before a patched layer are the unpatched run's, so they are not computed
+    again. At block ``l`` the batch holds the rows that started at or before
+    ``l``; they are a prefix of all rows, so a hook's absolute row indices stay
+    valid as rows join. ``row_starts`` may hold ``n_layers`` (rows patched after
+    the last block).
+    """
+    n_layers = model.cfg.n_layers
+    counts = torch.bincount(torch.as_tensor(row_starts), minlength=n_layers + 1).tolist()
+    first = row_starts[0]
+    with model.hooks(fwd_hooks=fwd_hooks):
+        x = None
+        joined = 0
+        for layer in range(first, n_layers + 1):
+            if counts[layer]:
+                new = resid[layer][rows_prompt[joined : joined + counts[layer]]]
+                x = new if x is None else torch.cat([x, new])
+                joined += counts[layer]
+            if layer == n_layers:
+                break
+            out = model.blocks[layer](x)
+            x = out[0] if isinstance(out, tuple) else out
+        x = model.ln_final(x)  # before slicing: hooks in ln_final see every position
+        return model.unembed(x[:, -1:] if last_position_only else x)
 
 
 def _metric_tensor(value) -> Tensor:
@@ -455,11 +491,13 @@ def patch_sweep(
             entries.append((sites[i], rows, prompt_ids))
         ops = _group_ops(entries, target.device)
         rows_prompt = prompt_ids.repeat(len(chunk)).to(target.device)
-        start = min(_start_layer(model, sites[i].hook) for i in chunk) if fast else -1
         hooks = _fwd_hooks(ops, source_acts)
-        tokens = target[rows_prompt]
-        chunk_resid = {start: resid[start][rows_prompt]} if start >= 0 else None
-        logits = _forward_from(model, start, tokens, chunk_resid, hooks, last_position_only)
+        row_starts = [_start_layer(model, sites[i].hook) for i in chunk for _ in range(n_prompts)]
+        if fast and row_starts[0] >= 0:
+            # Each site's rows enter at its own layer (``todo`` is sorted by it).
+            logits = _forward_staggered(model, row_starts, resid, rows_prompt, hooks, last_position_only)
+        else:
+            logits = _forward_from(model, -1, target[rows_prompt], None, hooks, last_position_only)
         for j, i in enumerate(chunk):
             results[i] = _metric_tensor(metric(logits[j * n_prompts : (j + 1) * n_prompts]))
     out = torch.stack([r.to(unpatched.device) for r in results])

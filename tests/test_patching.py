@@ -69,6 +69,23 @@ def test_options_do_not_change_the_numbers(setup):
     _close(base[:, :2], corrupt.expand(3, 2))
 
 
+def test_staggered_pass_equals_loop(setup):
+    """One pass whose rows enter at different layers (0 to after the last block) gives the
+    loop's numbers, and so does the same sweep split into passes of a few sites."""
+    model, ps, metric = setup
+    hooks = ["blocks.0.hook_resid_pre", "blocks.3.hook_resid_mid", "blocks.7.hook_resid_pre",
+             "blocks.11.hook_resid_post", "ln_final.hook_in"]
+    kw = dict(positions=[ps.dual_pos, ps.seq_len - 1], progress=False, last_position_only=True)
+    looped = P.patch_loop(model, ps.clean_tokens, ps.corrupt_tokens, hooks, metric, **kw)
+    one_pass = P.patch_sweep(model, ps.clean_tokens, ps.corrupt_tokens, hooks, metric, **kw)
+    split = P.patch_sweep(model, ps.clean_tokens, ps.corrupt_tokens, hooks, metric, batch_size=6, **kw)
+    assert one_pass.shape == looped.shape == (5, 2)
+    _close(one_pass, looped)
+    _close(split, looped)
+    # Not a trivially constant result: patching the dual word's residual stream moves the metric.
+    assert float((looped[:, 0] - looped[:, 1]).abs().max()) > 1e-2 or float(looped.std()) > 1e-2
+
+
 def test_per_prompt_metric_and_all_positions(setup):
     model, ps, _ = setup
     per_prompt = D.logit_diff_metric(ps, per_prompt=True)
