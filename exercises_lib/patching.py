@@ -27,8 +27,8 @@ Batched sweeps
 forward passes: the target input is repeated once per site, and each batch row
 is patched at its own site. On top of that it
 
-* starts each pass at the earliest layer it patches (the earlier layers are the
-  target run's, taken from its cache), and
+* starts each site's rows at the layer it patches (the earlier layers are the
+  target run's, taken from its cache; a pass's batch grows as rows join), and
 * skips sites where the source and target activations are identical (e.g.
   positions before the first token that differs), whose value is the
   unpatched target metric.
