@@ -181,6 +181,9 @@ def execute_in_place(path: Path, timeout: int = 900) -> None:
 
     from nbclient import NotebookClient
 
+    from exercises_lib import kernel_wait
+
+    kernel_wait.install()  # a lost ZeroMQ wake-up costs a second, not the cell's timeout
     nb = normalise_solution(nbformat.read(path, as_version=4), f"solutions/{path.name}")
     env = {
         "MECHINTERP_SOURCE": os.environ.get("MECHINTERP_SOURCE", "standin"),

@@ -57,6 +57,10 @@ def grade_notebook(path: str | Path, *, timeout: int = 900, source: str | None =
     from nbclient import NotebookClient
     from nbclient.exceptions import CellTimeoutError, DeadKernelError
 
+    from exercises_lib import kernel_wait
+
+    kernel_wait.install()  # a lost ZeroMQ wake-up costs a second, not the cell's timeout
+
     path = Path(path)
     nb = nbformat.read(path, as_version=4)
     names = expected_checks(nb)

@@ -46,6 +46,9 @@ def _outputs(nb) -> list[str]:
 def _run() -> list[str]:
     from nbclient import NotebookClient
 
+    from exercises_lib import kernel_wait
+
+    kernel_wait.install()
     nb = nbformat.read(NOTEBOOK, as_version=4)
     os.environ["MECHINTERP_SOURCE"] = os.environ.get("MECHINTERP_SOURCE", "standin")
     NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOK.parent)}}).execute()

@@ -426,6 +426,11 @@ def setup(app: Sphinx) -> dict[str, Any]:
     # dropped by OfflineOutputs.
     os.environ[BOOK_BUILD_ENV] = "1"
     os.environ["PLOTLY_RENDERER"] = "notebook"
+    # myst-nb executes the notebooks with nbclient in this process: guard its
+    # waits against a lost ZeroMQ wake-up (see exercises_lib/kernel_wait.py).
+    from exercises_lib import kernel_wait
+
+    kernel_wait.install()
     app.add_post_transform(SolutionToggle)
     app.add_post_transform(OfflineOutputs)
     app.add_css_file("course/course.css")
