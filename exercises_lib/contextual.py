@@ -378,12 +378,17 @@ def _dest_queries(model, dest_token: int, n: int) -> Float[Tensor, "head pos d_h
     return torch.einsum("pd,hde->hpe", s * x, W_Q) + b_Q[:, None]
 
 
-def normalisation_factors(model, tokens: Int[Tensor, "pos"], dest_token: int) -> Float[Tensor, "head pos"]:
+def normalisation_factors(
+    model, tokens: Int[Tensor, "pos"], dest_token: int, neutral: Sequence[int] = ()
+) -> Float[Tensor, "head pos"]:
     """``Z_n = sum_{j<=n} pi_n(j) c_n(j)`` of every layer-0 head, with the query of ``dest_token``.
 
     The sources are the real tokens (with their LN scales); only the
     destination's token is replaced by ``dest_token`` (Gibson fixes ``' the'``).
     From the weights alone: ``log Z_n = logsumexp_j(full score) - logsumexp_j(positional score)``.
+    ``neutral``: source positions whose content weight is set to 1 (their
+    content score to 0), e.g. ``(0,)`` to see ``Z_n`` without the first token's
+    content.
     """
     n = tokens.shape[-1]
     q = _dest_queries(model, dest_token, n)
@@ -392,6 +397,8 @@ def normalisation_factors(model, tokens: Int[Tensor, "pos"], dest_token: int) ->
     mask = _causal_mask(n, n, q.device)
     pos = (torch.einsum("hne,hie->hni", q, k_pos) / scale).masked_fill(~mask, float("-inf"))
     tok = torch.einsum("hne,hie->hni", q, k_tok) / scale
+    if len(neutral):
+        tok[:, :, list(neutral)] = 0.0
     return (torch.logsumexp(pos + tok, -1) - torch.logsumexp(pos, -1)).exp()
 
 

@@ -71,6 +71,21 @@ def test_normalisation_factors_match_the_forward_pass_where_the_token_is_the(gpt
     torch.testing.assert_close(cw, c[:, n, : n + 1], atol=1e-5, rtol=1e-3)
 
 
+def test_neutral_positions_in_the_normalisation_factors(gpt2_standin):
+    """neutral=(0,) is Z_n with c_n(0) = 1: Z_n - pi_n(0) c_n(0) + pi_n(0); all positions neutral: Z = 1."""
+    model = gpt2_standin
+    toks = cx.tokens_of(model, load_text("cooking"), 120)
+    cache = cx.layer0_cache(model, toks)
+    pi, c, Z_real = cx.factorise_pattern(model, toks, cache)
+    where = (toks == THE).nonzero()[:, 0]
+    assert len(where) > 2
+    Z0 = cx.normalisation_factors(model, toks, THE, neutral=(0,))
+    expected = Z_real - pi[:, :, 0] * c[:, :, 0] + pi[:, :, 0]
+    torch.testing.assert_close(Z0[:, where], expected[:, where], atol=1e-4, rtol=1e-3)
+    ones = cx.normalisation_factors(model, toks, THE, neutral=range(len(toks)))
+    torch.testing.assert_close(ones, torch.ones_like(ones), atol=1e-5, rtol=1e-5)
+
+
 def test_extended_embeddings_brute_force(gpt2_standin):
     model = gpt2_standin
     heads, Z = [0, 6, 8], torch.tensor([1.1, 0.6, 3.0])

@@ -80,6 +80,8 @@ def test_claim_2_1_positional_pattern_from_weights(course_model):
     for word in [" and", " God", "."]:
         pi_w = cx.positional_pattern(model, model.to_single_token(word), 400)
         assert cx.classify_heads(cx.head_features(pi_w), d["copy"]) == d["groups"], word
+        tv_w = 0.5 * (pi_w - d["pi"]).abs().sum(-1)[:, 20:].mean(-1)
+        assert (tv_w[non_dup] < 0.15).all(), (word, tv_w)
 
 
 def test_claim_2_2_content_factor_is_a_per_token_weight(course_model):
@@ -120,7 +122,7 @@ def test_claim_2_3_head_groups(course_model):
 
 def test_claim_2_4_normalisers(course_model):
     """Z_n (destination ' the') concentrates for contextual heads, is confetti for detokenisation heads,
-    decays over the first tokens; 6 (keywords) and 8 (stopwords) vary most across texts; the
+    decays over the first tokens because of the first token's content weight; 6 (keywords) and 8 (stopwords) vary most across texts; the
     independent-token model predicts the variances' order of magnitude."""
     model = course_model("gpt2-small")
     d = _shared(model)
@@ -129,6 +131,13 @@ def test_claim_2_4_normalisers(course_model):
     early = torch.stack([Z[:, 1:20].mean(-1) / Z[:, 300:].mean(-1) for Z in d["Z"].values()])
     assert (rel_std[:, plain] < 0.15).all() and (rel_std[:, detok] > 0.4).all()
     assert (early[:, plain] > 1.2).all()
+    # ... and the early decay is the first token's: with its content weight made neutral, most of it goes.
+    early_without_first = torch.stack([
+        Z[:, 1:20].mean(-1) / Z[:, 300:].mean(-1)
+        for Z in (cx.normalisation_factors(model, t, d["the"], neutral=(0,)) for t in d["texts"].values())
+    ])
+    assert (early_without_first[:, plain] < early[:, plain]).all()
+    assert (early_without_first[:, plain].mean() - 1).abs() < 0.5 * (early[:, plain].mean() - 1)
     variation = cx.variation_across_texts(d["Z"])
     assert set(sorted(plain, key=lambda h: -float(variation[h]))[:2]) == {6, 8}
     stop = torch.tensor([cx.stopword_fraction(model, t) for t in d["texts"].values()])
