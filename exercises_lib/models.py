@@ -262,14 +262,15 @@ def build_standin(
 
 
 def _load_real(name: str, device: str):
-    import transformer_lens.model_bridge.sources  # noqa: F401  (registers boot_* methods)
-    from transformer_lens.model_bridge import TransformerBridge
-
     info = MODELS[name]
     hub_id = info["hub_id"]
     local = _local_dir(hub_id)
+    # Decide before importing TransformerLens (seconds, cold): offline, fail at once.
     if not (local or _in_hf_cache(hub_id) or _hub_reachable()):
         raise ModelUnavailableError(_unavailable_message(name))
+    import transformer_lens.model_bridge.sources  # noqa: F401  (registers boot_* methods)
+    from transformer_lens.model_bridge import TransformerBridge
+
     if local is None and not _hub_reachable():
         # Use the cache only; never wait on network retries.
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
