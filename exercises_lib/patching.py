@@ -282,30 +282,11 @@ def _fwd_hooks(ops: list[_Op], source: dict[str, Tensor]) -> list[tuple[str, Cal
     return patch_hooks + capture_hooks
 
 
-def _forward_from(
-    model,
-    start: int,
-    tokens: Tensor,
-    resid: dict[int, Tensor] | None,
-    fwd_hooks: list,
-    last_position_only: bool,
-) -> Tensor:
-    """Logits of ``tokens`` with ``fwd_hooks``, starting at block ``start``.
-
-    ``start < 0``: an ordinary forward pass. ``start >= 0``: the residual
-    stream entering block ``start`` is ``resid[start]`` (already per row), and
-    only blocks ``start..`` run (they are called one by one).
-    """
+def _forward_full(model, tokens: Tensor, fwd_hooks: list, last_position_only: bool) -> Tensor:
+    """Logits of an ordinary forward pass of ``tokens`` with ``fwd_hooks``."""
     with model.hooks(fwd_hooks=fwd_hooks):
-        if start < 0 or resid is None:
-            logits = model(tokens)
-            return logits[:, -1:] if last_position_only else logits
-        x = resid[start]
-        for block in model.blocks[start:]:
-            out = block(x)
-            x = out[0] if isinstance(out, tuple) else out
-        x = model.ln_final(x)  # before slicing: hooks in ln_final see every position
-        return model.unembed(x[:, -1:] if last_position_only else x)
+        logits = model(tokens)
+    return logits[:, -1:] if last_position_only else logits
 
 
 def _forward_staggered(
@@ -497,7 +478,7 @@ def patch_sweep(
             # Each site's rows enter at its own layer (``todo`` is sorted by it).
             logits = _forward_staggered(model, row_starts, resid, rows_prompt, hooks, last_position_only)
         else:
-            logits = _forward_from(model, -1, target[rows_prompt], None, hooks, last_position_only)
+            logits = _forward_full(model, target[rows_prompt], hooks, last_position_only)
         for j, i in enumerate(chunk):
             results[i] = _metric_tensor(metric(logits[j * n_prompts : (j + 1) * n_prompts]))
     out = torch.stack([r.to(unpatched.device) for r in results])
@@ -535,7 +516,8 @@ def _fast_path_agrees(model, target: Tensor, resid: dict[int, Tensor], logits: T
     start = min(s for s in resid if s < model.cfg.n_layers) if any(s < model.cfg.n_layers for s in resid) else None
     if start is None:
         return True
-    again = _forward_from(model, start, target, {start: resid[start]}, [], False)
+    rows = torch.arange(target.shape[0], device=target.device)
+    again = _forward_staggered(model, [start] * len(rows), resid, rows, [], False)
     tol = 1e-3 * max(1.0, float(logits.abs().max()))
     ok = bool((again - logits).abs().max() <= tol)
     _FAST_PATH_OK[model] = ok
