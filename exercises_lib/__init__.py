@@ -7,10 +7,14 @@ Each public function says which chapter teaches it.
 
 __version__ = "0.1.0"
 
-#: The course repository. Colab installs the package from here, pinned to
-#: ``__version__`` (tag ``v{__version__}``); change it in this one place.
+#: Where the course is published: its GitHub repository, at the release tag
+#: ``RELEASE_TAG``. The notebooks' Colab badges, the book's launch buttons and
+#: Colab's install of this package all point there, so a notebook opened from
+#: a release runs with that release's library. Change it here only:
+#: ``_config.yml`` (repository url and branch) must agree, a test checks it.
 REPO_URL = "https://github.com/mechinterp-course/mechinterp-course"
+RELEASE_TAG = f"v{__version__}"
 
 from exercises_lib.colab import setup  # noqa: E402
 
-__all__ = ["__version__", "REPO_URL", "setup"]
+__all__ = ["__version__", "REPO_URL", "RELEASE_TAG", "setup"]

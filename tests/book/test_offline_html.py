@@ -242,7 +242,7 @@ def test_chapter_pages_launch_in_colab(book_pages):
     repo = exercises_lib.REPO_URL.removeprefix("https://github.com/")
     for docname in chapter_docnames():
         text = book_pages[docname].read_text(encoding="utf-8")
-        base = f"https://colab.research.google.com/github/{repo}/blob/main/"
+        base = f"https://colab.research.google.com/github/{repo}/blob/{exercises_lib.RELEASE_TAG}/"
         assert f'href="{base}{docname}.ipynb"' in text, f"{docname}: no Colab button"
         twin = "chapters/" + docname.split("/", 1)[1]
         if (ROOT / f"{twin}.ipynb").is_file():
