@@ -42,6 +42,8 @@ from typing import Callable, Iterable, Mapping
 import torch
 from torch import Tensor
 
+from exercises_lib.vocab import single_token_id
+
 __all__ = [
     "STANDIN_CONFIGS",
     "PLANTS",
@@ -155,10 +157,10 @@ class StandinBuild:
         """Single-token ids of ``words`` (each must be one GPT-2 token)."""
         ids = []
         for word in words:
-            toks = self.tokenizer.encode(word)
-            if len(toks) != 1:
-                raise ValueError(f"{word!r} is not a single token: {toks}")
-            ids.append(toks[0])
+            token = single_token_id(self.tokenizer, word)
+            if token is None:
+                raise ValueError(f"{word!r} is not a single token: {self.tokenizer.encode(word)}")
+            ids.append(token)
         return ids
 
     def pos_term_scale(self) -> float:
