@@ -150,7 +150,7 @@ def _plant_gate(
     p = f"blocks.{layer}.mlp"
     # One head's signal after LN2 (the gate's logic does not depend on this estimate,
     # only the neurons' margins and the height of the output do).
-    late_scale = _late_ln_scale(math.sqrt(d) / build.pos_term_scale(), d)
+    late_scale = _late_ln_scale(math.sqrt(d) / build.typical_ln_scale(), d)
     unit = SIGNAL * late_scale
     lo, hi = ramp
     E = w["embed.W_E"]

@@ -151,7 +151,7 @@ def topic_ids(build: StandinBuild, topic: str) -> dict[str, list[int]]:
 def _plant_content_weights(build: StandinBuild, where: dict, stop_dir, bos_dir) -> None:
     layer = where["layer"]
     d_head = build.cfg["d_head"]
-    s_typ = build.pos_term_scale()
+    s_typ = build.typical_ln_scale()
     tok_dirs = _token_subspace(build)
     # LayerNorm scale of <|endoftext|> at position 0, where it always sits.
     x0 = build.w("embed.W_E")[FIRST_TOKEN] + build.w("pos_embed.W_pos")[0]
@@ -211,7 +211,7 @@ def _plant_topics(build: StandinBuild, where: dict) -> None:
         W_V = build.w(f"blocks.{layer}.attn.W_V")[head]
         W_O = build.w(f"blocks.{layer}.attn.W_O")[head]
         # values ~ N(0, 1) per dimension: a LayerNormed token has |s E[t]| ~ s * TOKEN_NORM
-        read = build.randn(n_tok, BAG_DIMS) / (build.pos_term_scale() * TOKEN_NORM)
+        read = build.randn(n_tok, BAG_DIMS) / (build.typical_ln_scale() * TOKEN_NORM)
         W_V[:, dims] = tok_dirs.T @ read
         build.w(f"blocks.{layer}.attn.b_V")[head][dims] = 0.0
         W_O[dims, :] = BAG_GAIN * (build.randn(BAG_DIMS, BAG_OUT_DIMS) / math.sqrt(BAG_OUT_DIMS)) @ bag_out
