@@ -13,13 +13,10 @@ from __future__ import annotations
 
 import os
 import random
-import sys
 
-__all__ = ["setup", "in_colab", "badge_markdown", "bootstrap_code", "install_target"]
+from exercises_lib.render import in_colab
 
-
-def in_colab() -> bool:
-    return "google.colab" in sys.modules
+__all__ = ["setup", "badge_markdown", "bootstrap_code", "install_target"]
 
 
 def install_target() -> str:
