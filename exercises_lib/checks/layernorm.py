@@ -366,12 +366,14 @@ def _cases_logits(model, hf_model):
     t0 = model.to_tokens(PROMPT)
     t1 = model.to_tokens([PROMPT, PROMPT.replace("red", "blue")])
     t2 = model.to_tokens(OTHER_PROMPT)
+    with torch.no_grad():  # the last position's two most likely tokens
+        (first, second), (top, _) = hf_model(t2).logits[0, -1].topk(2)
     return [
         dict(model=model, hf_model=hf_model, tokens=t0),
-        # A large offset at the last position first: a last-position-only answer passes
-        # it, while the mean and the probabilities fail it with values of their own;
-        # then an offset at an earlier position.
-        dict(model=model, hf_model=_OffsetLogits(hf_model, -1, 7, 12.0), tokens=t2),
+        # A large offset at the last position first, which makes the most likely token
+        # unlikely: a last-position-only answer passes it, while the mean and the
+        # probabilities fail it with values of their own; then an offset at an earlier position.
+        dict(model=model, hf_model=_OffsetLogits(hf_model, -1, int(top), -float(first - second) - 5.0), tokens=t2),
         dict(model=model, hf_model=_OffsetLogits(hf_model, 3, 1000, -0.75), tokens=t1),
     ]
 
