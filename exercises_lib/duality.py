@@ -155,7 +155,7 @@ class PromptSet:
 def _single_token(model, word: str) -> int:
     token = single_token_id(model.tokenizer, word)
     if token is None:
-        raise ValueError(f"{word!r} is not a single token: {model.to_str_tokens(word, prepend_bos=False)}")
+        raise ValueError(f"{word!r} is not a single GPT-2 token: {model.to_str_tokens(word, prepend_bos=False)}")
     return token
 
 
