@@ -21,7 +21,6 @@ Taught in: chapter 4 (batched patching).
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import torch
@@ -29,12 +28,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from exercises_lib import duality as D
 from exercises_lib import patching as P
+from benchlib import parser, sync
 from exercises_lib.models import load_model
-
-
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
 
 
 def matmul_flops_per_s(device: str, n: int = 2048, d: int = 768, m: int = 3072, repeats: int = 20) -> float:
@@ -43,31 +38,29 @@ def matmul_flops_per_s(device: str, n: int = 2048, d: int = 768, m: int = 3072, 
     b = torch.randn(d, m, device=device)
     for _ in range(3):
         a @ b
-    _sync(device)
+    sync(device)
     best = float("inf")
     for _ in range(3):
         t0 = time.perf_counter()
         for _ in range(repeats):
             a @ b
-        _sync(device)
+        sync(device)
         best = min(best, time.perf_counter() - t0)
     return 2 * n * d * m * repeats / best
 
 
 def timed(fn, device: str):
-    _sync(device)
+    sync(device)
     t0 = time.perf_counter()
     out = fn()
-    _sync(device)
+    sync(device)
     return out, time.perf_counter() - t0
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--prompts", type=int, default=4, help="left-correct prompts in the sweep (max 8)")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--source", default="standin", choices=["standin", "real", "auto"])
-    args = parser.parse_args()
+    cli = parser(__doc__)
+    cli.add_argument("--prompts", type=int, default=4, help="left-correct prompts in the sweep (max 8)")
+    args = cli.parse_args()
     torch.set_grad_enabled(False)
 
     model = load_model("gpt2-small", device=args.device, source=args.source, quiet=True)

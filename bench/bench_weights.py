@@ -14,12 +14,12 @@ column:
    on the same extended embeddings, and ``contextual.per_head_token_contributions``
    from the weights (no extended embeddings), each followed by the same
    summary of the column. A reference row computes the whole matrix with one
-   matmul and holds it (not a library function). Issue targets: the whole
+   matmul and holds it (not a library function). Targets: the whole
    matrix in under a minute on 2 CPU cores, peak memory under 2 GB.
 2. PVO contributions (chapter 1): ``P[i] V_h O_h W_in[:, k]`` for every position,
    every head (12) and every neuron (3,072). Library:
    ``duplicate_tokens.pvo_contributions`` once per head. Per-neuron loops:
-   ``duplicate_tokens._pvo_one_neuron`` (chapter 1's one-neuron function), and
+   ``duplicate_tokens.pvo_of_neuron`` (chapter 1's one-neuron function), and
    the same product with layer 0's weights fetched once. A reference row
    computes the library's product per head with the weights fetched once, to
    show what the model's weight properties cost (each access of ``model.W_in``
@@ -41,7 +41,6 @@ Taught in: chapter 1 (PVO contributions) and chapter 2 (token contributions).
 
 from __future__ import annotations
 
-import argparse
 import os
 import threading
 import time
@@ -49,6 +48,7 @@ import time
 import psutil
 import torch
 
+from benchlib import parser, sync
 from exercises_lib import contextual as cx
 from exercises_lib import duplicate_tokens as dt
 from exercises_lib.models import load_model
@@ -59,11 +59,6 @@ TEXTS = ["bible_genesis", "bible_psalms", "legal_gpl3", "python_docs", "british_
 TARGET_S, TARGET_GB = 60.0, 2.0
 TOP_K = 20
 GB = 1024**3
-
-
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
 
 
 class Meter:
@@ -79,7 +74,7 @@ class Meter:
             time.sleep(self.interval)
 
     def __enter__(self) -> "Meter":
-        _sync(self.device)
+        sync(self.device)
         if self.device.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats()
             self._base = torch.cuda.memory_allocated()
@@ -92,7 +87,7 @@ class Meter:
         return self
 
     def __exit__(self, *exc) -> None:
-        _sync(self.device)
+        sync(self.device)
         self.seconds = time.perf_counter() - self._t0
         if self.device.startswith("cuda"):
             self.peak_gb = (torch.cuda.max_memory_allocated() - self._base) / GB
@@ -101,6 +96,16 @@ class Meter:
             self._thread.join()
             self._peak = max(self._peak, self.proc.memory_info().rss)
             self.peak_gb = (self._peak - self._base) / GB
+
+
+def measured(device: str, *fns) -> list[tuple[object, Meter]]:
+    """Run each function in turn under its own :class:`Meter`: ``[(its result, its meter), ...]``."""
+    out = []
+    for fn in fns:
+        with Meter(device) as meter:
+            result = fn()
+        out.append((result, meter))
+    return out
 
 
 def summarise_column(col: torch.Tensor, k: int = TOP_K) -> tuple[torch.Tensor, ...]:
@@ -123,16 +128,17 @@ def row(label: str, seconds: float, gb: float | None, ratio: str = "") -> str:
     return f"{label:<70} {seconds:9.2f} {mem} {ratio:>8}"
 
 
-def header(mem_label: str) -> str:
-    return f"{'':<70} {'wall (s)':>9} {mem_label:>10} {'ratio':>8}"
+def section(title: str, errs: list[float], mem_label: str) -> None:
+    """The heading of one analysis's table: its title, the agreement of the methods, the column names."""
+    print(f"\n{title}")
+    print(f"   library and per-neuron results agree (allclose): max |diff| / scale = {max(errs):.1e}")
+    print(f"{'':<70} {'wall (s)':>9} {mem_label:>10} {'ratio':>8}")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--neurons", type=int, default=64, help="neurons timed in the per-neuron loops (then extrapolated)")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--source", default="standin", choices=["standin", "real", "auto"])
-    args = parser.parse_args()
+    cli = parser(__doc__)
+    cli.add_argument("--neurons", type=int, default=64, help="neurons timed in the per-neuron loops (then extrapolated)")
+    args = cli.parse_args()
     torch.set_grad_enabled(False)
     dev = args.device
     mem_label = "+GPU GB" if dev.startswith("cuda") else "+RSS GB"
@@ -180,11 +186,11 @@ def main() -> None:
         t = time.perf_counter()
         ext = cx.extended_embeddings(model, heads, Z)
         ext[BOS] = 0.0  # as chapter 2 does
-        _sync(dev)
+        sync(dev)
         sub_t["ext"] = time.perf_counter() - t
         t = time.perf_counter()
         summary = cx.contribution_summary(ext, W_in, ln2, k=TOP_K)
-        _sync(dev)
+        sync(dev)
         sub_t["summary"] = time.perf_counter() - t
         return ext, summary
 
@@ -210,12 +216,7 @@ def main() -> None:
         return C.topk(TOP_K, dim=1).values, C.topk(TOP_K, dim=1, largest=False).values, mean, std
 
     per_neuron_ext()  # warm-up
-    with Meter(dev) as m_ext:
-        naive_ext = per_neuron_ext()
-    with Meter(dev) as m_w:
-        naive_w = per_neuron_weights()
-    with Meter(dev) as m_dense:
-        dense_out = dense()
+    (naive_ext, m_ext), (naive_w, m_w), (dense_out, m_dense) = measured(dev, per_neuron_ext, per_neuron_weights, dense)
 
     # Agreement before any ratio.
     errs = []
@@ -235,11 +236,8 @@ def main() -> None:
 
     t_lib = m_lib.seconds
     t_ext_all, t_w_all = m_ext.seconds * scale_up, m_w.seconds * scale_up
-    print()
-    print(f"1. Token contributions: {ext.shape[0]} tokens x {d_mlp} neurons (top/bottom {TOP_K}, mean, std of each "
-          f"neuron), {len(heads)} bag heads")
-    print(f"   library and per-neuron results agree (allclose): max |diff| / scale = {max(errs):.1e}")
-    print(header(mem_label))
+    section(f"1. Token contributions: {ext.shape[0]} tokens x {d_mlp} neurons (top/bottom {TOP_K}, mean, std of each "
+            f"neuron), {len(heads)} bag heads", errs, mem_label)
     print(row("library: extended_embeddings + contribution_summary", t_lib, m_lib.peak_gb, "1.0"))
     print(row("  of which extended_embeddings (all tokens)", sub_t["ext"], None))
     print(row("  of which contribution_summary (all neurons, chunks of 8192)", sub_t["summary"], None))
@@ -268,7 +266,7 @@ def main() -> None:
         return torch.stack([dt.pvo_contributions(model, h) for h in range(n_heads)])  # [head, pos, neuron]
 
     def per_neuron_library():
-        return [dt._pvo_one_neuron(model, k, n_ctx) for k in subset]
+        return [dt.pvo_of_neuron(model, k, n_ctx) for k in subset]
 
     def per_neuron_cached():
         out = []
@@ -280,34 +278,25 @@ def main() -> None:
     def cached_pvo():
         return torch.stack([(W_pos @ W_V[h]) @ (W_O[h] @ W_in) for h in range(n_heads)])
 
-    dt.pvo_contributions(model, 0), dt._pvo_one_neuron(model, 0, n_ctx)  # warm-up
-    with Meter(dev) as m_pvo:
-        pvo = library_pvo()
-    with Meter(dev) as m_one:
-        naive_one = per_neuron_library()
-    with Meter(dev) as m_cached:
-        naive_cached = per_neuron_cached()
-    with Meter(dev) as m_ref:
-        ref_pvo = cached_pvo()
+    dt.pvo_contributions(model, 0), dt.pvo_of_neuron(model, 0, n_ctx)  # warm-up
+    (pvo, m_pvo), (naive_one, m_one), (naive_cached, m_cached), (ref_pvo, m_ref) = measured(
+        dev, library_pvo, per_neuron_library, per_neuron_cached, cached_pvo)
     t0 = time.perf_counter()
     for _ in range(3):
         model.W_in
-    _sync(dev)
+    sync(dev)
     t_access = (time.perf_counter() - t0) / 3
 
-    errs = [check_close("_pvo_one_neuron loop", torch.stack(naive_one, -1), pvo[:, :, subset]),
+    errs = [check_close("pvo_of_neuron loop", torch.stack(naive_one, -1), pvo[:, :, subset]),
             check_close("cached-weights loop", torch.stack(naive_cached, -1), pvo[:, :, subset]),
             check_close("cached-weights reference", ref_pvo, pvo)]
     del ref_pvo
     t_pvo = m_pvo.seconds
     t_one_all, t_cached_all = m_one.seconds * scale_up, m_cached.seconds * scale_up
-    print()
-    print(f"2. PVO contributions: {n_heads} heads x {n_ctx} positions x {d_mlp} neurons "
-          f"({pvo.numel() * pvo.element_size() / GB:.2f} GB of results)")
-    print(f"   library and per-neuron results agree (allclose): max |diff| / scale = {max(errs):.1e}")
-    print(header(mem_label))
+    section(f"2. PVO contributions: {n_heads} heads x {n_ctx} positions x {d_mlp} neurons "
+            f"({pvo.numel() * pvo.element_size() / GB:.2f} GB of results)", errs, mem_label)
     print(row("library: pvo_contributions(model, h) for each head", t_pvo, m_pvo.peak_gb, "1.0"))
-    print(row("per neuron: _pvo_one_neuron(model, k, n_ctx)", t_one_all, m_one.peak_gb, f"{t_one_all / t_pvo:.1f}"))
+    print(row("per neuron: pvo_of_neuron(model, k, n_ctx)", t_one_all, m_one.peak_gb, f"{t_one_all / t_pvo:.1f}"))
     print(row(extrap, m_one.seconds, None))
     print(row("per neuron: (W_pos @ W_V[h]) @ (W_O[h] @ W_in[:, k]), weights once", t_cached_all,
               m_cached.peak_gb, f"{t_cached_all / t_pvo:.1f}"))

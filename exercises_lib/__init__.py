@@ -1,8 +1,10 @@
 """Helper library of the mechanistic-interpretability course.
 
-Every chapter of the course has a notebook in ``solutions/`` (the single
-source), a generated exercise twin in ``chapters/``, and its helpers here.
-Each public function says which chapter teaches it.
+Every chapter of the course has a notebook in ``solutions/``, a generated
+exercise twin in ``chapters/``, and its helpers here: the chapter's module
+(:mod:`exercises_lib.chapters`) holds the reference solution of each of its
+exercises, from which the solution cells are written. Each public function
+says which chapter teaches it.
 """
 
 __version__ = "0.1.0"

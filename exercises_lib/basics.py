@@ -5,7 +5,6 @@ Taught in: chapter 0 (setup check).
 
 from __future__ import annotations
 
-import torch
 from jaxtyping import Float
 from torch import Tensor
 
@@ -18,4 +17,6 @@ def attention_entropy(pattern: Float[Tensor, "... dest src"]) -> Float[Tensor, "
     A head that attends to one token has entropy 0; one spread evenly over
     ``n`` tokens has ``log n``.
     """
+    # SOLUTION: sum -a log a over the last dimension; clamp before the log
     return -(pattern * pattern.clamp_min(1e-30).log()).sum(-1)
+    # END SOLUTION

@@ -26,9 +26,10 @@ import random
 import re
 import sys
 
+from exercises_lib.render import in_colab
+
 __all__ = [
     "setup",
-    "in_colab",
     "badge_markdown",
     "bootstrap_code",
     "install_target",
@@ -46,10 +47,6 @@ class SetupError(RuntimeError):
 
     def _render_traceback_(self) -> list[str]:
         return [f"{type(self).__name__}: {self}"]
-
-
-def in_colab() -> bool:
-    return "google.colab" in sys.modules
 
 
 def _published() -> tuple[str, str]:

@@ -13,13 +13,13 @@ and the pattern is ``a_{n,i} = pi_n(i) c_n(i) / Z_n`` with the *positional
 pattern* ``pi_n = softmax_{i<=n}(log pos_n)`` and the normaliser
 ``Z_n = sum_j pi_n(j) c_n(j)``.
 
-Conventions: ``ln_scale`` means the LayerNorm *multiplier*
-``1 / sqrt(mean(x^2) + eps)`` of a centred vector (about
-``sqrt(d_model) / |x|``), not TransformerLens's ``hook_scale`` (its inverse).
-Chapter 1's :func:`exercises_lib.duplicate_tokens.layer0_ln_scale` is the same
-quantity without ``eps``; here the exact LayerNorm (with ``eps``) is used so
-that patterns computed from the weights match the forward pass to float
-precision.
+Conventions: the LN scale ``s`` is the LayerNorm *multiplier*
+(:func:`exercises_lib.layernorm.ln_scale`, ``1 / sqrt(mean((x - mean x)^2) + eps)``,
+about ``sqrt(d_model) / |x|``), not TransformerLens's ``hook_scale`` (the
+divisor ``1 / s``). Chapter 1's :func:`exercises_lib.duplicate_tokens.layer0_ln_scale`
+is the same quantity without ``eps``; here the exact LayerNorm (with ``eps``) is
+used so that patterns computed from the weights match the forward pass to
+float precision.
 Every function works on layer 0 of a GPT-2-small-shaped model (real or
 stand-in) and never reads where a stand-in's mechanisms were planted.
 
@@ -37,8 +37,10 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from exercises_lib.layernorm import ln_scale
+from exercises_lib.vocab import STOPWORDS, single_token_ids
+
 __all__ = [
-    "ln_scale",
     "token_ln_scale",
     "positional_pattern",
     "identical_token_pattern",
@@ -48,8 +50,8 @@ __all__ = [
     "PARTIAL_DUPLICATE",
     "classify_heads",
     "copy_attention_score",
+    "dest_queries",
     "normalisation_factors",
-    "STOPWORDS",
     "stopword_ids",
     "stopword_fraction",
     "content_weights",
@@ -84,21 +86,12 @@ LAYER = 0
 
 
 # ---------------------------------------------------------------------------
-# LayerNorm scale (LN folded: centre, then divide by the root mean square)
+# Layer 0's weights and LN scales
 # ---------------------------------------------------------------------------
 
 
-def ln_scale(x: Float[Tensor, "... d_model"], eps: float = 1e-5) -> Float[Tensor, "..."]:
-    """LayerNorm multiplier of each vector: ``1 / sqrt(mean((x - mean x)^2) + eps)``.
-
-    For a centred ``x`` this is about ``sqrt(d_model) / |x|``.
-    """
-    x = x - x.mean(-1, keepdim=True)
-    return (x.pow(2).mean(-1) + eps).rsqrt()
-
-
 def token_ln_scale(model, token_ids: Tensor | None = None) -> Float[Tensor, "tokens"]:
-    """Linearised LN-1 scale of each token at a typical position past 100.
+    """Linearised LN-1 scale (the multiplier) of each token at a typical position past 100.
 
     ``s(t) = 1 / sqrt((|E[t]|^2 + mean_{i>=100} |P[i]|^2) / d_model)``: since
     ``E`` and ``P`` are nearly orthogonal (chapter 1), ``|E[t] + P[i]|^2`` is
@@ -122,28 +115,13 @@ def _P(model) -> Tensor:
 def layer0_weights(model) -> dict[str, Tensor]:
     """Layer 0's weights, detached: ``W_Q, b_Q, W_K, b_K, W_V, W_O`` [head, ...], ``b_O``, ``W_in``, ``b_in``.
 
-    The bridge stacks every layer's weights on each access of ``model.W_Q``
-    (about 0.3 s), so layer 0's are kept on the model after the first call.
+    Read from ``model.blocks[0]`` at each call (``model.W_Q[0]`` would stack
+    every layer's weights first), so they follow the model's device and edits.
     """
-    cached = getattr(model, "_layer0_weights_ch2", None)
-    if cached is None:
-        cached = {
-            name: getattr(model, name)[LAYER].detach()
-            for name in ("W_Q", "b_Q", "W_K", "b_K", "W_V", "W_O", "b_O", "W_in", "b_in")
-        }
-        model._layer0_weights_ch2 = cached
-    return cached
-
-
-def _layer0(model):
-    """(W_Q, b_Q, W_K, b_K) of layer 0, detached: [head, d_model, d_head], [head, d_head]."""
-    w = layer0_weights(model)
-    return w["W_Q"], w["b_Q"], w["W_K"], w["b_K"]
-
-
-def _causal_mask(n_dest: int, n_src: int, device) -> Tensor:
-    """True where source ``i`` may be attended from destination ``n`` (``i <= n``)."""
-    return torch.ones(n_dest, n_src, dtype=torch.bool, device=device).tril()
+    attn, mlp = model.blocks[LAYER].attn, model.blocks[LAYER].mlp
+    weights = {name: getattr(attn, name) for name in ("W_Q", "b_Q", "W_K", "b_K", "W_V", "W_O", "b_O")}
+    weights.update({name: getattr(mlp, name) for name in ("W_in", "b_in")})
+    return {name: w.detach() for name, w in weights.items()}
 
 
 # ---------------------------------------------------------------------------
@@ -155,24 +133,24 @@ def positional_pattern(model, dest_token: int, n_ctx: int) -> Float[Tensor, "hea
     """Layer-0 positional pattern of every head for every destination ``n < n_ctx``.
 
     The pattern each head would have if every token were ``dest_token``, with
-    the content term dropped (Gibson's ``pi``)::
+    the content term dropped (Gibson's ``pi``), from the weights alone::
 
-        x_i   = E[t] + P[i],   s_i = ln_scale(x_i)
-        q_n   = s_n x_n W_Q + b_Q
-        k^P_i = s_i P[i] W_K + b_K
+        x_i     = E[t] + P[i],   s_i = ln_scale(x_i)
+        q_n     = s_n x_n W_Q + b_Q
+        k^P_i   = s_i P[i] W_K + b_K
         pi_n(i) = softmax_{i <= n}(q_n . k^P_i / sqrt(d_head))
-
-    Computed from weights alone, all destinations at once.
     """
-    W_Q, b_Q, W_K, b_K = _layer0(model)
-    E, P = _E(model)[dest_token], _P(model)[:n_ctx]
-    x = E[None] + P  # [pos, d_model]
+    # SOLUTION: queries from E[t] + P, positional keys from P (both LayerNorm-scaled), causal softmax over sources
+    w = layer0_weights(model)
+    P = model.W_pos[:n_ctx]
+    x = model.W_E[dest_token][None] + P  # [pos, d_model]
     s = ln_scale(x, model.cfg.eps)[:, None]
-    q = torch.einsum("pd,hde->hpe", s * x, W_Q) + b_Q[:, None]
-    k_pos = torch.einsum("pd,hde->hpe", s * P, W_K) + b_K[:, None]
-    scores = torch.einsum("hne,hie->hni", q, k_pos) / math.sqrt(W_Q.shape[-1])
-    mask = _causal_mask(n_ctx, n_ctx, scores.device)
-    return scores.masked_fill(~mask, float("-inf")).softmax(-1)
+    q = torch.einsum("pd,hde->hpe", s * x, w["W_Q"]) + w["b_Q"][:, None]
+    k = torch.einsum("pd,hde->hpe", s * P, w["W_K"]) + w["b_K"][:, None]
+    scores = torch.einsum("hne,hie->hni", q, k) / math.sqrt(w["W_Q"].shape[-1])
+    allowed = torch.ones(n_ctx, n_ctx, dtype=torch.bool, device=scores.device).tril()
+    return scores.masked_fill(~allowed, float("-inf")).softmax(-1)
+    # END SOLUTION
 
 
 def identical_token_pattern(model, dest_token: int, n_ctx: int) -> Float[Tensor, "head dest src"]:
@@ -214,25 +192,25 @@ def factorise_pattern(
 ) -> tuple[Float[Tensor, "head dest src"], Float[Tensor, "head dest src"], Float[Tensor, "head dest"]]:
     """Split layer 0's attention on ``tokens`` into ``(pi, c, Z)`` with ``a = pi * c / Z[..., None]``.
 
-    With ``s_i = 1 / hook_scale_i`` (the cached LN-1 scale), ``q_n`` the cached query::
+    With ``s_i = 1 / hook_scale_i`` (the cached LN-1 divisor, inverted) and ``q_n`` the cached query::
 
         pi_n(i) = softmax_{i<=n}(q_n . (s_i P[i] W_K + b_K) / sqrt(d_head))
         c_n(i)  = exp(q_n . s_i E[t_i] W_K / sqrt(d_head))      (0 where i > n)
         Z_n     = sum_{i<=n} pi_n(i) c_n(i)
     """
-    _, _, W_K, b_K = _layer0(model)
+    # SOLUTION: split the keys into positional and content parts with the cached scale and queries
+    w = layer0_weights(model)
     n = tokens.shape[-1]
     s = 1.0 / cache["blocks.0.ln1.hook_scale"][0]  # [pos, 1]
     q = cache["blocks.0.attn.hook_q"][0].transpose(0, 1)  # [head, pos, d_head]
-    E, P = _E(model)[tokens], _P(model)[:n]
-    k_pos = torch.einsum("pd,hde->hpe", s * P, W_K) + b_K[:, None]
-    k_tok = torch.einsum("pd,hde->hpe", s * E, W_K)
-    scale = math.sqrt(W_K.shape[-1])
-    mask = _causal_mask(n, n, q.device)
-    pi = (torch.einsum("hne,hie->hni", q, k_pos) / scale).masked_fill(~mask, float("-inf")).softmax(-1)
-    c = (torch.einsum("hne,hie->hni", q, k_tok) / scale).exp() * mask
-    Z = (pi * c).sum(-1)
-    return pi, c, Z
+    k_pos = torch.einsum("pd,hde->hpe", s * model.W_pos[:n], w["W_K"]) + w["b_K"][:, None]
+    k_tok = torch.einsum("pd,hde->hpe", s * model.W_E[tokens], w["W_K"])
+    d = math.sqrt(w["W_K"].shape[-1])
+    allowed = torch.ones(n, n, dtype=torch.bool, device=q.device).tril()
+    pi = (torch.einsum("hne,hie->hni", q, k_pos) / d).masked_fill(~allowed, float("-inf")).softmax(-1)
+    c = (torch.einsum("hne,hie->hni", q, k_tok) / d).exp() * allowed
+    return pi, c, (pi * c).sum(-1)
+    # END SOLUTION
 
 
 # ---------------------------------------------------------------------------
@@ -248,13 +226,13 @@ def head_features(pi: Float[Tensor, "head dest src"], n_min: int = 200) -> Float
     * ``effective_fraction``: the number of tokens the pattern is spread over,
       ``N_eff = 1 / sum_i pi_n(i)^2``, divided by the ``n + 1`` tokens it could use.
     """
-    n_dest = pi.shape[-2]
-    dests = torch.arange(n_min, n_dest, device=pi.device)
+    # SOLUTION: gather pi_n(n - k) for k = 0..3; N_eff = 1 / sum pi^2, divided by n + 1
+    dests = torch.arange(n_min, pi.shape[-2], device=pi.device)
     rows = pi[:, dests]  # [head, dest, src]
-    prev = sum(rows[:, torch.arange(len(dests), device=pi.device), dests - k] for k in (0, 1, 2, 3))
-    n_eff = 1.0 / rows.pow(2).sum(-1)
-    frac = n_eff / (dests + 1).to(pi.dtype)
-    return torch.stack([prev.mean(-1), frac.mean(-1)], dim=-1)
+    local = sum(rows[:, torch.arange(len(dests), device=pi.device), dests - k] for k in range(4))
+    fraction = 1.0 / rows.pow(2).sum(-1) / (dests + 1)
+    return torch.stack([local.mean(-1), fraction.mean(-1)], dim=-1)
+    # END SOLUTION
 
 
 #: Thresholds of :func:`classify_heads` (shown to the reader).
@@ -277,26 +255,28 @@ def classify_heads(
     copy_score: Float[Tensor, "head"],
     thresholds: dict | None = None,
 ) -> dict[str, list[int]]:
-    """Groups of heads, decided in this order:
+    """Groups of heads (thresholds: :data:`CLASSIFY_THRESHOLDS`, updated by ``thresholds``), in this order:
 
     1. ``duplicate``: ``copy_score > thresholds["duplicate"]``;
     2. ``detokenisation``: ``local_mass > thresholds["local"]``;
     3. ``contextual``: ``spread_min < effective_fraction < spread_max``;
     4. ``unclear``: everything else.
     """
+    # SOLUTION: merge the thresholds, then test the rules in order for each head
     th = dict(CLASSIFY_THRESHOLDS, **(thresholds or {}))
-    groups: dict[str, list[int]] = {"duplicate": [], "detokenisation": [], "contextual": [], "unclear": []}
+    groups = {"duplicate": [], "detokenisation": [], "contextual": [], "unclear": []}
     for head in range(features.shape[0]):
-        local, frac = float(features[head, 0]), float(features[head, 1])
+        local, fraction = float(features[head, 0]), float(features[head, 1])
         if float(copy_score[head]) > th["duplicate"]:
             groups["duplicate"].append(head)
         elif local > th["local"]:
             groups["detokenisation"].append(head)
-        elif th["spread_min"] < frac < th["spread_max"]:
+        elif th["spread_min"] < fraction < th["spread_max"]:
             groups["contextual"].append(head)
         else:
             groups["unclear"].append(head)
     return groups
+    # END SOLUTION
 
 
 def copy_attention_score(
@@ -317,37 +297,19 @@ def copy_attention_score(
     tokens = torch.cat([bos, block.repeat(1, n_repeats)], dim=1)
     cache = layer0_cache(model, tokens, names=("blocks.0.attn.hook_pattern",))
     pattern = cache["blocks.0.attn.hook_pattern"]  # [batch, head, dest, src]
-    same = (tokens[:, :, None] == tokens[:, None, :]) & _causal_mask(tokens.shape[1], tokens.shape[1], "cpu")
+    same = (tokens[:, :, None] == tokens[:, None, :]) & torch.ones(tokens.shape[1], tokens.shape[1], dtype=torch.bool).tril()
     same = same.to(pattern.device)
     mass = (pattern * same[:, None]).sum(-1)  # [batch, head, dest]
     return mass[:, :, 1 + period :].mean((0, 2))
 
 
-#: General English function words (the usual stopword lists' core), for measuring
-#: how much of a text is stopwords. Punctuation and newlines count as stopwords too.
-STOPWORDS = (
-    "a about above after again against all am an and any are as at be because been before being "
-    "below between both but by can could did do does doing down during each few for from further "
-    "had has have having he her here hers herself him himself his how i if in into is it its itself "
-    "just me more most my myself no nor not now of off on once only or other our ours ourselves out "
-    "over own same she should so some such than that the their theirs them themselves then there "
-    "these they this those through to too under until up very was we were what when where which "
-    "while who whom why will with would you your yours yourself yourselves shall unto thee thou"
-).split()
-
-
 def stopword_ids(model) -> Tensor:
-    """Token ids of :data:`STOPWORDS` (lower case and capitalised, with and without a
-    leading space, where that is one token), punctuation and newlines."""
+    """Token ids of :data:`exercises_lib.vocab.STOPWORDS` (lower case and capitalised, with
+    and without a leading space, where that is one token), punctuation and newlines."""
     words = [p + w for w in STOPWORDS for p in ("", " ")]
     words += [p + w.capitalize() for w in STOPWORDS for p in ("", " ")]
     words += list(",.;:!?") + ["\n", "\n\n"]
-    ids = set()
-    for w in words:
-        toks = model.to_tokens(w, prepend_bos=False)[0]
-        if len(toks) == 1:
-            ids.add(int(toks[0]))
-    return torch.tensor(sorted(ids))
+    return torch.tensor(single_token_ids(model.tokenizer, words))
 
 
 def stopword_fraction(model, tokens: Tensor, skip: int = 1) -> float:
@@ -361,45 +323,42 @@ def stopword_fraction(model, tokens: Tensor, skip: int = 1) -> float:
 # ---------------------------------------------------------------------------
 
 
-def _layer0_keys(model, tokens: Tensor):
-    """(s [pos, 1], content keys, positional keys [head, pos, d_head]) of a token sequence."""
-    _, _, W_K, b_K = _layer0(model)
-    E, P = _E(model)[tokens], _P(model)[: tokens.shape[-1]]
-    s = ln_scale(E + P, model.cfg.eps)[:, None]
-    k_tok = torch.einsum("pd,hde->hpe", s * E, W_K)
-    k_pos = torch.einsum("pd,hde->hpe", s * P, W_K) + b_K[:, None]
-    return s, k_tok, k_pos
-
-
-def _dest_queries(model, dest_token: int, n: int) -> Float[Tensor, "head pos d_head"]:
-    W_Q, b_Q, _, _ = _layer0(model)
-    x = _E(model)[dest_token][None] + _P(model)[:n]
+def dest_queries(model, dest_token: int, n_pos: int) -> Float[Tensor, "head pos d_head"]:
+    """Layer-0 queries ``s_n (E[t] + P[n]) W_Q + b_Q`` of ``dest_token`` at positions ``n < n_pos``, from the weights."""
+    w = layer0_weights(model)
+    x = _E(model)[dest_token][None] + _P(model)[:n_pos]
     s = ln_scale(x, model.cfg.eps)[:, None]
-    return torch.einsum("pd,hde->hpe", s * x, W_Q) + b_Q[:, None]
+    return torch.einsum("pd,hde->hpe", s * x, w["W_Q"]) + w["b_Q"][:, None]
 
 
 def normalisation_factors(
     model, tokens: Int[Tensor, "pos"], dest_token: int, neutral: Sequence[int] = ()
 ) -> Float[Tensor, "head pos"]:
-    """``Z_n = sum_{j<=n} pi_n(j) c_n(j)`` of every layer-0 head, with the query of ``dest_token``.
+    """``Z_n = sum_{i<=n} pi_n(i) c_n(i)`` of every layer-0 head, with the query of ``dest_token``.
 
     The sources are the real tokens (with their LN scales); only the
     destination's token is replaced by ``dest_token`` (Gibson fixes ``' the'``).
-    From the weights alone: ``log Z_n = logsumexp_j(full score) - logsumexp_j(positional score)``.
+    From the weights alone, with ``pos`` and ``tok`` the positional and content
+    parts of the scores: ``Z_n = sum_{i<=n} exp(pos_ni + tok_ni) / sum_{i<=n} exp(pos_ni)``.
     ``neutral``: source positions whose content weight is set to 1 (their
     content score to 0), e.g. ``(0,)`` to see ``Z_n`` without the first token's
     content.
     """
+    # SOLUTION: queries of the fixed token, keys of the real tokens split in two, ratio of logsumexps
+    w = layer0_weights(model)
     n = tokens.shape[-1]
-    q = _dest_queries(model, dest_token, n)
-    _, k_tok, k_pos = _layer0_keys(model, tokens)
-    scale = math.sqrt(q.shape[-1])
-    mask = _causal_mask(n, n, q.device)
-    pos = (torch.einsum("hne,hie->hni", q, k_pos) / scale).masked_fill(~mask, float("-inf"))
-    tok = torch.einsum("hne,hie->hni", q, k_tok) / scale
-    if len(neutral):
-        tok[:, :, list(neutral)] = 0.0
+    q = dest_queries(model, dest_token, n)  # [head, pos, d_head]: the queries of positional_pattern
+    E, P = model.W_E[tokens], model.W_pos[:n]
+    s = ln_scale(E + P, model.cfg.eps)[:, None]
+    k_pos = torch.einsum("pd,hde->hpe", s * P, w["W_K"]) + w["b_K"][:, None]
+    k_tok = torch.einsum("pd,hde->hpe", s * E, w["W_K"])
+    d = math.sqrt(q.shape[-1])
+    allowed = torch.ones(n, n, dtype=torch.bool, device=q.device).tril()
+    pos = (torch.einsum("hne,hie->hni", q, k_pos) / d).masked_fill(~allowed, float("-inf"))
+    tok = torch.einsum("hne,hie->hni", q, k_tok) / d
+    tok[:, :, list(neutral)] = 0.0
     return (torch.logsumexp(pos + tok, -1) - torch.logsumexp(pos, -1)).exp()
+    # END SOLUTION
 
 
 def content_weights(
@@ -412,8 +371,8 @@ def content_weights(
     position ``dest_pos``; ``s(t)`` the linearised LN scale
     (:func:`token_ln_scale`) unless ``scales`` gives one per token.
     """
-    _, _, W_K, _ = _layer0(model)
-    q = _dest_queries(model, dest_token, dest_pos + 1)[:, dest_pos]  # [head, d_head]
+    W_K = layer0_weights(model)["W_K"]
+    q = dest_queries(model, dest_token, dest_pos + 1)[:, dest_pos]  # [head, d_head]
     qk = torch.einsum("hde,he->hd", W_K, q) / math.sqrt(W_K.shape[-1])  # [head, d_model]
     E = _E(model) if token_ids is None else _E(model)[token_ids]
     s = token_ln_scale(model, token_ids) if scales is None else scales
@@ -423,12 +382,13 @@ def content_weights(
 def independent_model_variance(
     pi: Float[Tensor, "head dest src"], c_values: Float[Tensor, "head samples"]
 ) -> Float[Tensor, "head dest"]:
-    """Variance of ``Z_n`` if the ``c(t_j)`` were independent draws: ``sigma^2 * sum_j pi_n(j)^2``.
+    """Variance of ``Z_n`` if the ``c(t_j)`` were independent draws: ``sigma_h^2 * sum_j pi_n(j)^2``.
 
-    ``sigma^2`` is the (unbiased) variance of each head's ``c_values``.
+    ``sigma_h^2`` is the (unbiased) variance of head ``h``'s ``c_values``.
     """
-    sigma2 = c_values.var(-1, unbiased=True)
-    return sigma2[:, None] * pi.pow(2).sum(-1)
+    # SOLUTION: variance per head times the sum of squared weights per destination
+    return c_values.var(-1)[:, None] * pi.pow(2).sum(-1)
+    # END SOLUTION
 
 
 # ---------------------------------------------------------------------------
@@ -446,21 +406,21 @@ def extended_embeddings(
 ) -> Float[Tensor, "tokens d_model"]:
     """``e~(t) = sum_{h in heads} c_h(t) / Z_h * s(t) E[t] W_V^h W_O^h`` for each token.
 
-    ``Z`` holds one typical normaliser per head of ``heads`` (same order);
-    ``c_h`` from :func:`content_weights`, ``s(t)`` from :func:`token_ln_scale`.
-    All tokens by default (computed head-batched: no loop over tokens).
+    ``Z[j]`` is the typical normaliser of ``heads[j]``; ``c_h`` from
+    :func:`content_weights`, ``s(t)`` from :func:`token_ln_scale`. All tokens by
+    default; a loop over heads only, never over tokens.
     """
-    heads = list(heads)
-    c = content_weights(model, token_ids, dest_token, dest_pos)[heads]  # [h, tokens]
-    s = token_ln_scale(model, token_ids)
-    E = _E(model) if token_ids is None else _E(model)[token_ids]
-    W_V = layer0_weights(model)["W_V"][heads]  # [h, d, e]
-    W_O = layer0_weights(model)["W_O"][heads]  # [h, e, d]
-    weight = (c / Z[:, None].to(c.device, c.dtype)) * s[None]  # [h, tokens]
-    out = torch.zeros(E.shape[0], E.shape[1], dtype=E.dtype, device=E.device)
-    for j in range(len(heads)):  # a loop over heads only
-        out += (weight[j][:, None] * (E @ W_V[j])) @ W_O[j]
+    # SOLUTION: per-token weight of each head, then the thin product E W_V, then W_O
+    w = layer0_weights(model)
+    c = content_weights(model, token_ids, dest_token, dest_pos)  # [head, tokens]
+    s = token_ln_scale(model, token_ids)  # [tokens]
+    E = model.W_E if token_ids is None else model.W_E[token_ids]
+    out = torch.zeros_like(E)
+    for j, h in enumerate(heads):
+        weight = c[h] / Z[j] * s
+        out += ((weight[:, None] * E) @ w["W_V"][h]) @ w["W_O"][h]
     return out
+    # END SOLUTION
 
 
 def token_contributions(
@@ -488,6 +448,7 @@ def contribution_summary(
     ``[d_mlp, k]`` (top in decreasing, bottom in increasing order; token ids
     index ``ext``'s rows) and ``[d_mlp]`` (mean and population std over tokens).
     """
+    # SOLUTION: one chunk of C at a time, merged into running top/bottom k and running sums
     n_tokens, d_mlp = ext.shape[0], W_in.shape[1]
     dev, dt = ext.device, ext.dtype
     W_T = W_in.T.contiguous()
@@ -495,20 +456,21 @@ def contribution_summary(
     bot_v = torch.full((d_mlp, k), float("inf"), device=dev, dtype=dt)
     top_i = torch.zeros((d_mlp, k), dtype=torch.long, device=dev)
     bot_i = torch.zeros((d_mlp, k), dtype=torch.long, device=dev)
-    total = torch.zeros(d_mlp, device=dev, dtype=torch.float64)
-    total_sq = torch.zeros(d_mlp, device=dev, dtype=torch.float64)
+    total = torch.zeros(d_mlp, dtype=torch.float64, device=dev)
+    total_sq = torch.zeros(d_mlp, dtype=torch.float64, device=dev)
     for start in range(0, n_tokens, chunk_size):
         C = ln2_scale * (W_T @ ext[start : start + chunk_size].T)  # [d_mlp, chunk]
         ids = torch.arange(start, start + C.shape[1], device=dev).expand_as(C)
         total += C.sum(1).double()
         total_sq += C.square().sum(1).double()
-        top_v, pos = torch.cat([top_v, C], dim=1).topk(k, dim=1)
-        top_i = torch.cat([top_i, ids], dim=1).gather(1, pos)
-        bot_v, pos = torch.cat([bot_v, C], dim=1).topk(k, dim=1, largest=False)
-        bot_i = torch.cat([bot_i, ids], dim=1).gather(1, pos)
+        top_v, pos = torch.cat([top_v, C], 1).topk(k, dim=1)
+        top_i = torch.cat([top_i, ids], 1).gather(1, pos)
+        bot_v, pos = torch.cat([bot_v, C], 1).topk(k, dim=1, largest=False)
+        bot_i = torch.cat([bot_i, ids], 1).gather(1, pos)
     mean = total / n_tokens
-    std = (total_sq / n_tokens - mean.pow(2)).clamp_min(0).sqrt()
+    std = (total_sq / n_tokens - mean.square()).clamp_min(0).sqrt()
     return top_v, top_i, bot_v, bot_i, mean.to(dt), std.to(dt)
+    # END SOLUTION
 
 
 def mean_contribution_per_text(
@@ -581,10 +543,7 @@ def per_head_token_contributions(
 
 
 def bag_of_tokens_prediction(
-    T: Float[Tensor, "head vocab"],
-    tokens: Int[Tensor, "pos"],
-    pi: Float[Tensor, "head dest src"],
-    Z: Float[Tensor, "head dest"],
+    T: Float[Tensor, "head vocab"], tokens: Int[Tensor, "pos"], pi: Float[Tensor, "head dest src"], Z: Float[Tensor, "head dest"]
 ) -> Float[Tensor, "dest"]:
     """The contextual heads' contribution to a neuron along a text::
 
@@ -592,10 +551,13 @@ def bag_of_tokens_prediction(
 
     ``T`` holds each head's token contributions (:func:`per_head_token_contributions`),
     ``pi`` the heads' positional patterns (causal: zero above the diagonal) and
-    ``Z`` their normalisers at each destination.
+    ``Z`` their normalisers at each destination (both may be longer than the text).
     """
+    # SOLUTION: gather the sequence's contributions, weight them with pi, divide by Z, sum the heads
     n = tokens.shape[-1]
-    return (torch.einsum("hni,hi->hn", pi[:, :n, :n], T[:, tokens]) / Z[:, :n]).sum(0)
+    per_head = torch.einsum("hni,hi->hn", pi[:, :n, :n], T[:, tokens])
+    return (per_head / Z[:, :n]).sum(0)
+    # END SOLUTION
 
 
 @dataclass
@@ -725,8 +687,10 @@ def contribution_components(
     With ``rows = U S V^T``: ``part_j(t) = U[t, j] S[j] (V[:, j] . w)``, so
     ``sum_j part_j = rows @ w`` when ``k`` is the rank. Independent of SVD signs.
     """
+    # SOLUTION: thin SVD, then scale U's columns by S and by each direction's projection on w
     U, S, Vh = torch.linalg.svd(rows, full_matrices=False)
-    return (U[:, :k] * S[:k] * (Vh[:k] @ w)).contiguous()
+    return U[:, :k] * S[:k] * (Vh[:k] @ w)
+    # END SOLUTION
 
 
 # ---------------------------------------------------------------------------

@@ -7,9 +7,10 @@ GPT-2 small completes ``"I have two hands, my right hand and my"`` with
 This module holds the chapter's prompt set, its metric (the logit difference
 between the clean answer and the corrupted answer), the logit lens of that
 difference, its direct logit attribution (DLA) per component, the attention of
-a head to the earlier dual word, and the figures and explorer of the chapter.
-Activation and path patching live in :mod:`exercises_lib.patching` (shared with
-chapter 5).
+a head to the earlier dual word, the single-site patching of the exercises,
+and the figures and explorer of the chapter. Batched activation patching and
+path patching live in :mod:`exercises_lib.patching` (shared with chapter 5);
+the dual pairs in :mod:`exercises_lib.vocab` (shared with the stand-in's plant).
 
 Conventions
 -----------
@@ -44,6 +45,9 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from exercises_lib.patching import normalise
+from exercises_lib.vocab import DUAL_PAIRS, OPPOSITE, single_token_id
+
 __all__ = [
     "DUAL_PAIRS",
     "OPPOSITE",
@@ -61,6 +65,12 @@ __all__ = [
     "head_logit_attribution",
     "logit_diff_decomposition",
     "dual_word_attention",
+    "normalise",
+    "patch_resid_pre",
+    "patch_resid_mid",
+    "patch_rows",
+    "patch_head_z",
+    "head_output_delta",
     "top_heads",
     "top_predictions",
     "plot_logit_lens",
@@ -69,24 +79,6 @@ __all__ = [
     "plot_pair_generalisation",
     "duality_explorer",
 ]
-
-#: Dual pairs: each word is one GPT-2 token with a leading space.
-DUAL_PAIRS: tuple[tuple[str, str], ...] = (
-    (" left", " right"),
-    (" up", " down"),
-    (" in", " out"),
-    (" me", " you"),
-    (" day", " night"),
-    (" hot", " cold"),
-    (" top", " bottom"),
-    (" north", " south"),
-    (" men", " women"),
-    (" rich", " poor"),
-    (" husband", " wife"),
-)
-
-#: Each dual word's opposite.
-OPPOSITE: dict[str, str] = {a: b for a, b in DUAL_PAIRS} | {b: a for a, b in DUAL_PAIRS}
 
 #: Left/right templates; ``{}`` is the dual word (without its leading space).
 #: All have the same token positions: BOS, 6 tokens, the dual word (position
@@ -161,10 +153,10 @@ class PromptSet:
 
 
 def _single_token(model, word: str) -> int:
-    toks = model.to_tokens(word, prepend_bos=False)[0]
-    if toks.numel() != 1:
-        raise ValueError(f"{word!r} is not a single GPT-2 token: {model.to_str_tokens(toks)}")
-    return int(toks[0])
+    token = single_token_id(model.tokenizer, word)
+    if token is None:
+        raise ValueError(f"{word!r} is not a single GPT-2 token: {model.to_str_tokens(word, prepend_bos=False)}")
+    return token
 
 
 def build_prompt_set(
@@ -249,10 +241,12 @@ def logit_diff(
     correct: Int[Tensor, "batch"],
     incorrect: Int[Tensor, "batch"],
 ) -> Float[Tensor, "batch"]:
-    """``logits[b, -1, correct[b]] - logits[b, -1, incorrect[b]]`` for each prompt."""
-    final = logits[:, -1, :]
+    """``logits[b, -1, correct[b]] - logits[b, -1, incorrect[b]]`` for every prompt ``b``."""
+    # SOLUTION: index the last position's logits at correct and incorrect, row by row
+    final = logits[:, -1]
     rows = torch.arange(final.shape[0], device=final.device)
     return final[rows, correct] - final[rows, incorrect]
+    # END SOLUTION
 
 
 def logit_diff_metric(prompts: PromptSet, *, per_prompt: bool = False):
@@ -276,8 +270,9 @@ def logit_diff_directions(
     model, correct: Int[Tensor, "batch"], incorrect: Int[Tensor, "batch"]
 ) -> Float[Tensor, "batch d_model"]:
     """``W_U[:, correct] - W_U[:, incorrect]``, one residual direction per prompt."""
-    W_U = model.W_U
-    return (W_U[:, correct] - W_U[:, incorrect]).T
+    # SOLUTION: index the columns of model.W_U, subtract, transpose
+    return (model.W_U[:, correct] - model.W_U[:, incorrect]).T
+    # END SOLUTION
 
 
 # ---------------------------------------------------------------------------
@@ -310,25 +305,27 @@ def logit_lens_logit_diff(
     scale (see the module docstring). Rows follow :func:`resid_labels`; the
     last row equals the model's logit difference (up to ``b_U``).
     """
-    stack = cache.accumulated_resid(layer=-1, incl_mid=True, pos_slice=-1)  # [comp, batch, d_model]
-    scaled = _final_ln(cache, stack)
+    # SOLUTION: accumulated_resid(incl_mid=True), apply_ln_to_stack with the final layer, dot with directions
+    stack = cache.accumulated_resid(layer=-1, incl_mid=True, pos_slice=-1)  # [component, batch, d_model]
+    scaled = cache.apply_ln_to_stack(stack, layer=-1, pos_slice=-1)
     return (scaled * directions[None]).sum(-1)
+    # END SOLUTION
 
 
 def head_logit_attribution(
-    cache, directions: Float[Tensor, "batch d_model"], n_layers: int | None = None
+    cache, directions: Float[Tensor, "batch d_model"]
 ) -> Float[Tensor, "layer head batch"]:
     """Direct logit attribution of every head to the logit difference (last position).
 
     Head ``(l, h)``'s output ``z[l, h] W_O[l, h]`` at the last position, scaled
     by the final LayerNorm's cached scale, dotted with each prompt's direction.
     """
+    # SOLUTION: stack_head_results at the last position, final LN scale, dot, reshape
     results = cache.stack_head_results(layer=-1, pos_slice=-1)  # [layer*head, batch, d_model]
-    scaled = _final_ln(cache, results)
+    scaled = cache.apply_ln_to_stack(results, layer=-1, pos_slice=-1)
     dla = (scaled * directions[None]).sum(-1)
-    if n_layers is None:
-        n_layers = cache.model.cfg.n_layers
-    return dla.reshape(n_layers, -1, dla.shape[-1])
+    return dla.reshape(cache.model.cfg.n_layers, cache.model.cfg.n_heads, -1)
+    # END SOLUTION
 
 
 def logit_diff_decomposition(
@@ -367,7 +364,90 @@ def dual_word_attention(
     pattern: Float[Tensor, "batch head dest src"], head: int, dual_pos: int
 ) -> Float[Tensor, "batch"]:
     """Attention of ``head`` from the final position to the dual word, per prompt."""
+    # SOLUTION: destination = last position, source = dual_pos
     return pattern[:, head, -1, dual_pos]
+    # END SOLUTION
+
+
+# ---------------------------------------------------------------------------
+# Patching one site (the exercises; exercises_lib.patching batches them)
+# ---------------------------------------------------------------------------
+
+
+def patch_resid_pre(model, target_tokens: Int[Tensor, "batch seq"], source_cache, layer: int, pos: int, metric) -> Tensor:
+    """``metric`` of the target run with ``resid_pre[layer][:, pos]`` taken from the source run's cache."""
+    # SOLUTION: a hook on blocks.{layer}.hook_resid_pre that copies the source value at pos
+    name = f"blocks.{layer}.hook_resid_pre"
+    source = source_cache[name]
+
+    def hook(act, hook):
+        act = act.clone()
+        act[:, pos] = source[:, pos]
+        return act
+
+    return metric(model.run_with_hooks(target_tokens, fwd_hooks=[(name, hook)]))
+    # END SOLUTION
+
+
+def patch_resid_mid(model, target_tokens: Int[Tensor, "batch seq"], source_cache, layer: int, pos: int, metric) -> Tensor:
+    """``metric`` of the target run with the residual stream after attention layer ``layer``
+    (``resid_mid``) at ``pos`` taken from the source run's cache.
+
+    The bridge's ``blocks.{layer}.hook_resid_mid`` is only the MLP's input, so
+    the value is written as ``hook_attn_out = source resid_mid - resid_pre``.
+    """
+    # SOLUTION: capture resid_pre, then write source resid_mid - resid_pre into hook_attn_out at pos
+    source = source_cache[f"blocks.{layer}.hook_resid_mid"]
+    stored = {}
+
+    def capture(act, hook):
+        stored["pre"] = act
+        return act
+
+    def write(act, hook):
+        act = act.clone()
+        act[:, pos] = source[:, pos] - stored["pre"][:, pos]
+        return act
+
+    hooks = [(f"blocks.{layer}.hook_resid_pre", capture), (f"blocks.{layer}.hook_attn_out", write)]
+    return metric(model.run_with_hooks(target_tokens, fwd_hooks=hooks))
+    # END SOLUTION
+
+
+def patch_rows(
+    act: Float[Tensor, "row pos d"],
+    source: Float[Tensor, "prompt pos d"],
+    prompt_of_row: Int[Tensor, "row"],
+    position_of_row: Int[Tensor, "row"],
+) -> Float[Tensor, "row pos d"]:
+    """A copy of ``act`` with ``act[r, position_of_row[r]] = source[prompt_of_row[r], position_of_row[r]]``."""
+    # SOLUTION: clone, then one advanced-indexing assignment
+    out = act.clone()
+    rows = torch.arange(act.shape[0], device=act.device)
+    out[rows, position_of_row] = source[prompt_of_row, position_of_row]
+    return out
+    # END SOLUTION
+
+
+def patch_head_z(
+    z: Float[Tensor, "batch pos head d_head"], source_z: Float[Tensor, "batch pos head d_head"], head: int
+) -> Float[Tensor, "batch pos head d_head"]:
+    """A copy of ``z`` whose head ``head`` is ``source_z``'s, at every position."""
+    # SOLUTION: clone and replace the head's slice
+    out = z.clone()
+    out[:, :, head] = source_z[:, :, head]
+    return out
+    # END SOLUTION
+
+
+def head_output_delta(model, source_cache, target_cache, layer: int, head: int) -> Float[Tensor, "batch pos d_model"]:
+    """The change of head ``layer.head``'s output between two runs,
+    ``(z_source - z_target)[:, :, head] @ W_O[layer, head]`` (path patching's sender)."""
+    # SOLUTION: difference of the head's z in the two caches, times its W_O
+    name = f"blocks.{layer}.attn.hook_z"
+    dz = source_cache[name][:, :, head] - target_cache[name][:, :, head]
+    return dz @ model.W_O[layer, head]
+    # END SOLUTION
 
 
 def top_heads(scores: Float[Tensor, "layer head"], k: int = 3) -> list[tuple[int, int, float]]:

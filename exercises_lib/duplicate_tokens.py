@@ -25,7 +25,6 @@ Taught in: chapter 1 (duplicate-token heads and duplicate-token neurons).
 
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import torch
@@ -46,6 +45,7 @@ __all__ = [
     "relative_error",
     "pvo_contributions",
     "pvo_norm_grid",
+    "pvo_of_neuron",
     "outlier_neurons",
     "line_fit",
     "positional_contributions_to_neuron",
@@ -57,7 +57,6 @@ __all__ = [
     "long_range_heads",
     "single_copy_sequences",
     "neuron_pre_vs_copy_distance",
-    "predicted_pre_vs_copy_distance",
     "duplicate_neuron_explorer",
 ]
 
@@ -125,11 +124,13 @@ def duplicate_token_score(
     score_h = mean over destinations (b, n) that have at least one earlier copy of
     sum_{i < n, t_i = t_n} pattern[b, h, n, i].
     """
-    mask = earlier_copy_mask(tokens)  # [batch, dest, src]
-    has_copy = mask.any(-1)  # [batch, dest]
-    mass = (pattern * mask[:, None].to(pattern.dtype)).sum(-1)  # [batch, head, dest]
-    chosen = mass.permute(1, 0, 2)[:, has_copy]  # [head, n_dest]
-    return chosen.mean(-1)
+    # SOLUTION: mask of earlier copies, attention mass on them, mean over destinations that have one
+    pos = tokens.shape[-1]
+    earlier = torch.ones(pos, pos, dtype=torch.bool, device=tokens.device).tril(-1)
+    mask = (tokens[:, :, None] == tokens[:, None, :]) & earlier  # [batch, dest, src]
+    mass = (pattern * mask[:, None]).sum(-1)  # [batch, head, dest]
+    return mass.permute(1, 0, 2)[:, mask.any(-1)].mean(-1)
+    # END SOLUTION
 
 
 # ---------------------------------------------------------------------------
@@ -138,16 +139,20 @@ def duplicate_token_score(
 
 
 def layer0_ln_scale(model, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos"]:
-    """The LayerNorm-1 multiplier of layer 0: sqrt(d_model) / |E[t_i] + P[i]|."""
+    """The LN scale of layer 0 (the multiplier): s_i = sqrt(d_model) / |E[t_i] + P[i]|."""
+    # SOLUTION: sqrt(d_model) divided by the norm of the embedding plus the positional embedding
     x = model.W_E[tokens] + model.W_pos[: tokens.shape[-1]]
-    return math.sqrt(model.cfg.d_model) / x.norm(dim=-1)
+    return model.cfg.d_model**0.5 / x.norm(dim=-1)
+    # END SOLUTION
 
 
 def layer0_ln_scale_approx(model, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos"]:
-    """The same, assuming E and P orthogonal: sqrt(d_model) / sqrt(|E[t_i]|^2 + |P[i]|^2)."""
+    """The same, assuming E and P orthogonal: s_i ~ sqrt(d_model) / sqrt(|E[t_i]|^2 + |P[i]|^2)."""
+    # SOLUTION: add the squared norms, then take the square root
     e2 = model.W_E[tokens].pow(2).sum(-1)
     p2 = model.W_pos[: tokens.shape[-1]].pow(2).sum(-1)
-    return math.sqrt(model.cfg.d_model) / torch.sqrt(e2 + p2)
+    return model.cfg.d_model**0.5 / (e2 + p2).sqrt()
+    # END SOLUTION
 
 
 # ---------------------------------------------------------------------------
@@ -162,16 +167,17 @@ def duplicate_head_output_parts(
     head: int,
     ln_scale: Float[Tensor, "pos"],
 ) -> tuple[Float[Tensor, "pos d_model"], Float[Tensor, "pos d_model"]]:
-    """Approximate a duplicate-token head's output as a token part plus a positional part.
+    """A layer-0 head's output as a token part plus a positional part (s = ln_scale).
 
-    token_part[n]      = ln_scale[n] * E[t_n] V_h O_h   (all attention on copies of t_n)
-    positional_part[n] = sum_i pattern[n, i] * ln_scale[i] * P[i] V_h O_h
+    token_part[n]      = s_n E[t_n] V_h O_h   (all attention on copies of t_n)
+    positional_part[n] = sum_i pattern[n, i] s_i P[i] V_h O_h
     """
-    OV = model.W_V[LAYER, head] @ model.W_O[LAYER, head]  # [d_model, d_model]
+    # SOLUTION: the OV matrix, the scaled token embedding, and the attention-weighted scaled positions
+    OV = model.W_V[0, head] @ model.W_O[0, head]  # [d_model, d_model]
     token_part = (ln_scale[:, None] * model.W_E[tokens]) @ OV
-    pos_ov = (ln_scale[:, None] * model.W_pos[: tokens.shape[-1]]) @ OV  # [src, d_model]
-    positional_part = pattern @ pos_ov
+    positional_part = pattern @ ((ln_scale[:, None] * model.W_pos[: tokens.shape[-1]]) @ OV)
     return token_part, positional_part
+    # END SOLUTION
 
 
 def head_outputs(model, cache, batch_index: int = 0) -> Float[Tensor, "head pos d_model"]:
@@ -190,17 +196,19 @@ def relative_error(approx: Tensor, exact: Tensor) -> Float[Tensor, "..."]:
 # ---------------------------------------------------------------------------
 
 
-def pvo_contributions(model, head: int, layer: int = LAYER) -> Float[Tensor, "pos neuron"]:
+def pvo_contributions(model, head: int, layer: int = 0) -> Float[Tensor, "pos neuron"]:
     """PVO_h[i, k] = P[i] V_h O_h W_in[:, k] for every position and every MLP neuron (no LN scales)."""
-    block = model.blocks[layer]  # one layer's weights: model.W_V etc. stack all layers on every access
-    PV = model.W_pos @ block.attn.W_V[head]  # [pos, d_head]
-    OW = block.attn.W_O[head] @ block.mlp.W_in  # [d_head, d_mlp]
-    return PV @ OW
+    # SOLUTION: one chain of matrix products through d_head
+    block = model.blocks[layer]  # one layer's weights (model.W_V[layer] would stack every layer first)
+    return (model.W_pos @ block.attn.W_V[head]) @ (block.attn.W_O[head] @ block.mlp.W_in)
+    # END SOLUTION
 
 
 def pvo_norm_grid(pvo: Float[Tensor, "pos neuron"], shape: tuple[int, int] = (48, 64)) -> Float[Tensor, "row col"]:
-    """Norm over positions of each neuron's PVO curve, laid out row-major as a grid (neuron k at k // cols, k % cols)."""
+    """grid[r, c] = |PVO[:, r * cols + c]| over positions: neuron k at row k // cols, column k % cols."""
+    # SOLUTION: norm over positions, row-major reshape
     return pvo.norm(dim=0).reshape(shape)
+    # END SOLUTION
 
 
 def outlier_neurons(norms: Float[Tensor, "neuron"], factor: float = 8.0) -> list[int]:
@@ -229,11 +237,10 @@ def line_fit(y: Float[Tensor, "pos"], x: Tensor | None = None) -> dict:
 # ---------------------------------------------------------------------------
 
 
-def _pvo_one_neuron(model, neuron: int, n_pos: int) -> Float[Tensor, "head pos"]:
-    """PVO_h[i, neuron] for every head h (batched over heads)."""
+def pvo_of_neuron(model, neuron: int, n_pos: int) -> Float[Tensor, "head pos"]:
+    """PVO_h[i, neuron] = P[i] V_h O_h W_in[:, neuron] of every layer-0 head, positions i < n_pos."""
     block = model.blocks[LAYER]  # one layer's weights (model.W_in etc. stack all layers on every access)
-    w = block.mlp.W_in[:, neuron]  # [d_model]
-    Ow = block.attn.W_O @ w  # [head, d_head]
+    Ow = block.attn.W_O @ block.mlp.W_in[:, neuron]  # [head, d_head]
     PV = torch.einsum("pm,hmd->hpd", model.W_pos[:n_pos], block.attn.W_V)  # [head, pos, d_head]
     return torch.einsum("hpd,hd->hp", PV, Ow)
 
@@ -247,14 +254,19 @@ def positional_contributions_to_neuron(
 ) -> Float[Tensor, "component pos"]:
     """Positional part of each head's contribution to a neuron's pre-activation, plus the direct path.
 
-    row h < n_heads: ln2_scale[n] * sum_i pattern[h, n, i] * ln1_scale[i] * PVO_h[i, neuron]
-    last row:        ln2_scale[n] * P[n] . W_in[:, neuron]          (the direct path)
+    row h < n_heads: s2[n] sum_i pattern[h, n, i] s1[i] PVO_h[i, neuron]   (s1 = ln1_scale, s2 = ln2_scale)
+    last row:        s2[n] P[n] . W_in[:, neuron]                          (the direct path)
     """
+    # SOLUTION: PVO of every head for one neuron, weighted by attention and LN scales, plus the direct path
     n_pos = pattern.shape[-1]
-    pvo = _pvo_one_neuron(model, neuron, n_pos)  # [head, src]
-    heads = torch.einsum("hns,hs->hn", pattern, pvo * ln1_scale[None, :])
-    direct = model.W_pos[:n_pos] @ model.blocks[LAYER].mlp.W_in[:, neuron]
-    return torch.cat([heads, direct[None]], dim=0) * ln2_scale[None, :]
+    block = model.blocks[0]  # layer 0's weights
+    w = block.mlp.W_in[:, neuron]  # [d_model]
+    PV = torch.einsum("pm,hmd->hpd", model.W_pos[:n_pos], block.attn.W_V)  # [head, pos, d_head]
+    pvo = torch.einsum("hpd,hd->hp", PV, block.attn.W_O @ w)  # [head, src]
+    heads = torch.einsum("hns,hs->hn", pattern, pvo * ln1_scale[None])
+    direct = model.W_pos[:n_pos] @ w
+    return torch.cat([heads, direct[None]]) * ln2_scale[None]
+    # END SOLUTION
 
 
 def token_contributions_to_neuron(
@@ -291,11 +303,11 @@ def uniform_copy_weights(tokens: Int[Tensor, "pos"]) -> Float[Tensor, "dest src"
 
     w[n, i] = 1 / m_n if i <= n and t_i = t_n (m_n = number of such i), else 0.
     """
+    # SOLUTION: causal equality mask, normalised per row
     pos = tokens.shape[-1]
-    same = (tokens[:, None] == tokens[None, :]).float()
-    causal = torch.ones(pos, pos, device=tokens.device).tril()
-    w = same * causal
+    w = (tokens[:, None] == tokens[None, :]).float() * torch.ones(pos, pos, device=tokens.device).tril()
     return w / w.sum(-1, keepdim=True)
+    # END SOLUTION
 
 
 def predict_neuron_pre(
@@ -317,19 +329,20 @@ def predict_neuron_pre(
       * the direct path reads P[n] . W_in[:, neuron];
     prediction[n] = s2 * (sum of the above) + b_in[neuron].
     """
+    # SOLUTION: scaled PVO per head; copies for the duplicate head, running mean for uniform heads, current position otherwise
     n_pos = tokens.shape[-1]
-    pvo = _pvo_one_neuron(model, neuron, n_pos) * ln1_scale[None, :]  # [head, pos]
-    total = torch.zeros(n_pos, device=pvo.device, dtype=pvo.dtype)
+    pvo = pvo_of_neuron(model, neuron, n_pos) * ln1_scale[None]  # [head, pos]
     counts = torch.arange(1, n_pos + 1, device=pvo.device, dtype=pvo.dtype)
-    for head in range(model.cfg.n_heads):
-        if head == duplicate_head:
-            total = total + uniform_copy_weights(tokens) @ pvo[head]
-        elif head in uniform_heads:
-            total = total + pvo[head].cumsum(0) / counts
+    total = model.W_pos[:n_pos] @ model.blocks[0].mlp.W_in[:, neuron]  # the direct path
+    for h in range(model.cfg.n_heads):
+        if h == duplicate_head:
+            total = total + uniform_copy_weights(tokens) @ pvo[h]
+        elif h in uniform_heads:
+            total = total + pvo[h].cumsum(0) / counts
         else:
-            total = total + pvo[head]
-    total = total + model.W_pos[:n_pos] @ model.W_in[LAYER][:, neuron]
-    return ln2_scale * total + model.b_in[LAYER, neuron]
+            total = total + pvo[h]
+    return ln2_scale * total + model.b_in[0, neuron]
+    # END SOLUTION
 
 
 # ---------------------------------------------------------------------------
@@ -413,29 +426,6 @@ def neuron_pre_vs_copy_distance(
     return torch.stack(out).cpu()
 
 
-def predicted_pre_vs_copy_distance(
-    model,
-    neuron: int,
-    distances: Sequence[int | None],
-    position: int,
-    duplicate_head: int,
-    uniform_heads: Sequence[int],
-    ln2_scale: float,
-    n_samples: int = 4,
-    seed: int = 0,
-) -> Float[Tensor, "distance"]:
-    """The weights-only prediction (:func:`predict_neuron_pre`) for the same sequences, no forward pass."""
-    out = []
-    for k, d in enumerate(distances):
-        seqs = single_copy_sequences(model, position, d, n_samples, seed + k)
-        preds = []
-        for seq in seqs:
-            s1 = layer0_ln_scale_approx(model, seq[None])[0]
-            preds.append(predict_neuron_pre(model, seq, neuron, duplicate_head, uniform_heads, s1, ln2_scale)[position])
-        out.append(torch.stack(preds).mean())
-    return torch.stack(out).cpu()
-
-
 # ---------------------------------------------------------------------------
 # The chapter's explorer
 # ---------------------------------------------------------------------------
@@ -468,7 +458,7 @@ def duplicate_neuron_explorer(
     out = widgets.Output()
 
     def figure(neuron: int, position: int) -> go.Figure:
-        pvo = _pvo_one_neuron(model, neuron, n_ctx)[duplicate_head] * ln1_scale * ln2_scale
+        pvo = pvo_of_neuron(model, neuron, n_ctx)[duplicate_head] * ln1_scale * ln2_scale
         # One earlier copy at distance d: the duplicate head splits its attention 1/2, 1/2.
         d = torch.arange(1, position)
         extra = 0.5 * (pvo[position - d] - pvo[position])
@@ -502,7 +492,7 @@ def duplicate_neuron_explorer(
 def _baseline(model, neuron, position, duplicate_head, uniform_heads, ln1_scale, ln2_scale) -> Tensor:
     """Predicted pre-activation of a token with no earlier copy at ``position`` (constant LN scales)."""
     n = position + 1
-    pvo = _pvo_one_neuron(model, neuron, n) * ln1_scale
+    pvo = pvo_of_neuron(model, neuron, n) * ln1_scale
     total = model.W_pos[position] @ model.W_in[LAYER][:, neuron]
     for head in range(model.cfg.n_heads):
         total = total + (pvo[head].mean() if head in uniform_heads else pvo[head, position])

@@ -1,6 +1,17 @@
-"""Generate the exercise notebooks in ``chapters/`` from the solutions in ``solutions/``.
+"""Write the solution cells from the library, then the exercise notebooks from the solutions.
 
-The solution notebook is the single source. In its code cells:
+Each exercise's solution exists once: as the reference function in the
+chapter's helper module, ``exercises_lib.<module>.<function>`` (the module is
+the chapter's, :mod:`exercises_lib.chapters`; the check is named
+``"<module>.<function>"``). A solution cell of ``solutions/NN_*.ipynb`` (tagged
+``solution``) holds exactly that function's source text: this script writes it
+from the library, finding the function by the name of the ``def`` in the cell,
+and ``--check`` fails when a cell and its function differ. Names the function
+uses unqualified (helpers, constants) are imported by name in the notebook, so
+the cell runs as it stands.
+
+The solution notebook is then the source of the exercise notebook. In its
+code cells:
 
 * lines between ``# SOLUTION`` and ``# END SOLUTION`` are the answer: in the
   exercise notebook they become one ``raise NotImplementedError(hint)`` at the
@@ -19,7 +30,7 @@ the bootstrap cell.
 
 Usage::
 
-    python -m exercises_lib.generate            # write chapters/ (and normalise solutions/)
+    python -m exercises_lib.generate            # write the solution cells, chapters/ (and normalise solutions/)
     python -m exercises_lib.generate --check    # exit 1 if anything is out of date
 
 Taught in: chapter 0 (how the course is built).
@@ -29,16 +40,28 @@ from __future__ import annotations
 
 import argparse
 import copy
+import importlib
+import inspect
 import re
 import sys
+import textwrap
 from pathlib import Path
 
 import nbformat
 
+from exercises_lib.chapters import chapter_of_notebook
 from exercises_lib.colab import badge_markdown, bootstrap_code
 
-__all__ = ["make_exercise_source", "exercise_notebook", "normalise_solution", "main"]
+__all__ = [
+    "make_exercise_source",
+    "exercise_notebook",
+    "normalise_solution",
+    "library_source",
+    "solution_from_library",
+    "main",
+]
 
+DEF_NAME = re.compile(r"^def (\w+)\(", re.M)
 SOLUTION_START = re.compile(r"^(?P<indent>\s*)# SOLUTION(?::\s*(?P<hint>.*?))?\s*$")
 SOLUTION_END = re.compile(r"^\s*# END SOLUTION\s*$")
 EXERCISE_START = re.compile(r"^\s*# EXERCISE\s*$")
@@ -105,8 +128,40 @@ def solution_regions(source: str) -> list[str]:
     return regions
 
 
+def library_source(module: str, function: str) -> str:
+    """The exact source text of ``exercises_lib.<module>.<function>`` (decorators included)."""
+    mod = importlib.import_module(f"exercises_lib.{module}")
+    fn = getattr(mod, function, None)
+    if fn is None:
+        raise MarkerError(f"exercises_lib.{module} has no function {function!r}: its solution lives there")
+    return textwrap.dedent(inspect.getsource(inspect.unwrap(fn))).rstrip("\n")
+
+
+def solution_from_library(nb, rel_path: str) -> tuple[object, list[str]]:
+    """A copy of a solution notebook whose solution cells are their library functions' source,
+    and the names of the functions whose cell changed."""
+    nb = copy.deepcopy(nb)
+    module = chapter_of_notebook(rel_path).module
+    changed = []
+    for cell in nb.cells:
+        if not _has_solution(cell):
+            continue
+        names = DEF_NAME.findall(cell.source)
+        if len(names) != 1:
+            raise MarkerError(f"{rel_path}: a solution cell must define exactly one function, found {names}")
+        text = library_source(module, names[0])
+        if not any(SOLUTION_START.match(line) for line in text.split("\n")):
+            raise MarkerError(f"exercises_lib.{module}.{names[0]} has no '# SOLUTION' region")
+        if cell.source != text:
+            cell.source = text
+            changed.append(f"{module}.{names[0]}")
+    return nb, changed
+
+
 def _has_solution(cell) -> bool:
-    return cell.cell_type == "code" and any(SOLUTION_START.match(l) for l in cell.source.split("\n"))
+    return cell.cell_type == "code" and (
+        "solution" in cell.metadata.get("tags", []) or any(SOLUTION_START.match(l) for l in cell.source.split("\n"))
+    )
 
 
 def _leading_cells(nb_path: str):
@@ -178,29 +233,23 @@ def execute_in_place(path: Path, timeout: int = 900) -> None:
     """Run a solution notebook top to bottom on the stand-ins and save its outputs."""
     import os
     import time
+    from unittest import mock
 
     from nbclient import NotebookClient
 
     from exercises_lib import kernel_wait
 
     kernel_wait.install()  # a lost ZeroMQ wake-up costs a second, not the cell's timeout
-    nb = normalise_solution(nbformat.read(path, as_version=4), f"solutions/{path.name}")
+    nb, _ = solution_from_library(nbformat.read(path, as_version=4), f"solutions/{path.name}")
+    nb = normalise_solution(nb, f"solutions/{path.name}")
     env = {
         "MECHINTERP_SOURCE": os.environ.get("MECHINTERP_SOURCE", "standin"),
         "MECHINTERP_CHECKS_RAISE": "1",
         "MECHINTERP_SMALL_OUTPUTS": "1",  # circuitsvis in its small CDN form (see render.py)
     }
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
     start = time.monotonic()
-    try:
+    with mock.patch.dict(os.environ, env):  # the kernel inherits them; restored afterwards
         NotebookClient(nb, timeout=timeout, kernel_name="python3", store_widget_state=True, resources={"metadata": {"path": str(path.parent)}}).execute()
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
     nbformat.write(normalise_solution(nb, f"solutions/{path.name}"), path)
     print(f"executed {path.name} in {time.monotonic() - start:.0f}s")
 
@@ -229,6 +278,10 @@ def main(argv: list[str] | None = None) -> int:
                 execute_in_place(sol_path)
     for sol_path, ex_path in todo:
         sol = nbformat.read(sol_path, as_version=4)
+        sol, drifted = solution_from_library(sol, f"solutions/{sol_path.name}")
+        for name in drifted:
+            verb = "differs from" if args.check else "rewritten from"
+            print(f"{sol_path.name}: the solution cell of {name} {verb} its library function, exercises_lib.{name}")
         sol_norm = normalise_solution(sol, f"solutions/{sol_path.name}")
         ex = exercise_notebook(sol_norm, f"chapters/{ex_path.name}")
         for path, nb in ((sol_path, sol_norm), (ex_path, ex)):

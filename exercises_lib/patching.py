@@ -34,7 +34,9 @@ is patched at its own site. On top of that it
   unpatched target metric.
 
 :func:`patch_loop` is the reference: one ordinary forward pass per site, with
-the same signature and the same numbers (tested), and far slower.
+the same signature and the same numbers (tested), and far slower. The fast
+path (running the bridge block by block) lives in
+:mod:`exercises_lib.patching_fast_path`, which says what it relies on.
 
 Hook names and the bridge
 -------------------------
@@ -63,14 +65,14 @@ Taught in: chapter 4 (the duality circuit); used again in chapter 5.
 from __future__ import annotations
 
 import re
-import warnings
-import weakref
 from dataclasses import dataclass
 from typing import Callable, Literal, Sequence
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
+
+from exercises_lib.patching_fast_path import fast_path_agrees, forward_staggered
 
 __all__ = [
     "normalise",
@@ -105,9 +107,11 @@ def normalise(
     corrupted run (unimportant sites stay near 0), noising from the clean run
     (unimportant sites stay near 1).
     """
+    # SOLUTION: subtract the corrupted value, divide by the gap
     clean = torch.as_tensor(clean_value, dtype=metric_values.dtype, device=metric_values.device)
     corrupt = torch.as_tensor(corrupt_value, dtype=metric_values.dtype, device=metric_values.device)
     return (metric_values - corrupt) / (clean - corrupt)
+    # END SOLUTION
 
 
 def resid_hook_names(model, kind: str = "resid_pre") -> list[str]:
@@ -201,6 +205,18 @@ def _sites(
     return sites, tuple(shape)
 
 
+def _n_heads_of(acts: dict[str, Tensor]) -> Callable[[str], int]:
+    """``hook name -> number of heads`` of the cached activations ``acts``."""
+
+    def n_heads(hook_name: str) -> int:
+        _, head_axis = _axes(hook_name)
+        if head_axis is None:
+            raise ValueError(f"heads=True needs hooks with a head axis; {hook_name!r} has none")
+        return acts[hook_name].shape[head_axis]
+
+    return n_heads
+
+
 def _select(view: Tensor, rows: Tensor, pos: Tensor | None, head: Tensor | None) -> tuple:
     """Index tuple picking, for each row, its position and head (None = all)."""
     if pos is not None and head is not None:
@@ -287,43 +303,6 @@ def _forward_full(model, tokens: Tensor, fwd_hooks: list, last_position_only: bo
     with model.hooks(fwd_hooks=fwd_hooks):
         logits = model(tokens)
     return logits[:, -1:] if last_position_only else logits
-
-
-def _forward_staggered(
-    model,
-    row_starts: list[int],
-    resid: dict[int, Tensor],
-    rows_prompt: Tensor,
-    fwd_hooks: list,
-    last_position_only: bool,
-) -> Tensor:
-    """Logits of a pass whose rows enter the model at different blocks.
-
-    Row ``r`` starts at block ``row_starts[r]`` (non-decreasing in ``r``) from
-    the cached residual stream ``resid[start][rows_prompt[r]]``: the blocks
-    before a patched layer are the unpatched run's, so they are not computed
-    again. At block ``l`` the batch holds the rows that started at or before
-    ``l``; they are a prefix of all rows, so a hook's absolute row indices stay
-    valid as rows join. ``row_starts`` may hold ``n_layers`` (rows patched after
-    the last block).
-    """
-    n_layers = model.cfg.n_layers
-    counts = torch.bincount(torch.as_tensor(row_starts), minlength=n_layers + 1).tolist()
-    first = row_starts[0]
-    with model.hooks(fwd_hooks=fwd_hooks):
-        x = None
-        joined = 0
-        for layer in range(first, n_layers + 1):
-            if counts[layer]:
-                new = resid[layer][rows_prompt[joined : joined + counts[layer]]]
-                x = new if x is None else torch.cat([x, new])
-                joined += counts[layer]
-            if layer == n_layers:
-                break
-            out = model.blocks[layer](x)
-            x = out[0] if isinstance(out, tuple) else out
-        x = model.ln_final(x)  # before slicing: hooks in ln_final see every position
-        return model.unembed(x[:, -1:] if last_position_only else x)
 
 
 def _metric_tensor(value) -> Tensor:
@@ -440,15 +419,8 @@ def patch_sweep(
         resid[model.cfg.n_layers] = target_acts[final_name]
 
     unpatched = _metric_tensor(metric(target_logits[:, -1:] if last_position_only else target_logits))
-    fast = bool(resid) and _fast_path_agrees(model, target, resid, target_logits)
-
-    def n_heads_of(h: str) -> int:
-        _, head_axis = _axes(h)
-        if head_axis is None:
-            raise ValueError(f"heads=True needs hooks with a head axis; {h!r} has none")
-        return source_acts[h].shape[head_axis]
-
-    sites, site_shape = _sites(hook_names, positions, heads, seq, n_heads_of)
+    fast = bool(resid) and fast_path_agrees(model, target, resid, target_logits)
+    sites, site_shape = _sites(hook_names, positions, heads, seq, _n_heads_of(source_acts))
     results: list[Tensor | None] = [None] * len(sites)
     todo = []
     for i, site in enumerate(sites):
@@ -457,7 +429,7 @@ def patch_sweep(
         else:
             todo.append(i)
     # Earliest layer first, so each pass starts as late as it can.
-    todo.sort(key=lambda i: _start_layer(model, sites[i].hook))
+    todo.sort(key=lambda i: hook_layer(model, sites[i].hook))
     if batch_size is None:
         budget = 4096 if last_position_only else 2048
         batch_size = max(n_prompts, budget // seq)
@@ -473,21 +445,16 @@ def patch_sweep(
         ops = _group_ops(entries, target.device)
         rows_prompt = prompt_ids.repeat(len(chunk)).to(target.device)
         hooks = _fwd_hooks(ops, source_acts)
-        row_starts = [_start_layer(model, sites[i].hook) for i in chunk for _ in range(n_prompts)]
+        row_starts = [hook_layer(model, sites[i].hook) for i in chunk for _ in range(n_prompts)]
         if fast and row_starts[0] >= 0:
             # Each site's rows enter at its own layer (``todo`` is sorted by it).
-            logits = _forward_staggered(model, row_starts, resid, rows_prompt, hooks, last_position_only)
+            logits = forward_staggered(model, row_starts, resid, rows_prompt, hooks, last_position_only)
         else:
             logits = _forward_full(model, target[rows_prompt], hooks, last_position_only)
         for j, i in enumerate(chunk):
             results[i] = _metric_tensor(metric(logits[j * n_prompts : (j + 1) * n_prompts]))
     out = torch.stack([r.to(unpatched.device) for r in results])
     return out.reshape(*site_shape, *unpatched.shape)
-
-
-def _start_layer(model, hook_name: str) -> int:
-    layer = hook_layer(model, hook_name)
-    return layer
 
 
 def _identical(site: _Site, source: dict[str, Tensor], target: dict[str, Tensor]) -> bool:
@@ -502,31 +469,6 @@ def _identical(site: _Site, source: dict[str, Tensor], target: dict[str, Tensor]
     return bool(torch.equal(src[idx], tgt[idx]))
 
 
-#: Per model: whether running its blocks one by one reproduces its forward pass.
-_FAST_PATH_OK: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-
-
-def _fast_path_agrees(model, target: Tensor, resid: dict[int, Tensor], logits: Tensor) -> bool:
-    """Whether running blocks one by one reproduces the model's logits (else: full passes).
-
-    Checked once per model (on the first sweep's prompts) and remembered.
-    """
-    if model in _FAST_PATH_OK:
-        return _FAST_PATH_OK[model]
-    start = min(s for s in resid if s < model.cfg.n_layers) if any(s < model.cfg.n_layers for s in resid) else None
-    if start is None:
-        return True
-    rows = torch.arange(target.shape[0], device=target.device)
-    again = _forward_staggered(model, [start] * len(rows), resid, rows, [], False)
-    tol = 1e-3 * max(1.0, float(logits.abs().max()))
-    ok = bool((again - logits).abs().max() <= tol)
-    _FAST_PATH_OK[model] = ok
-    if not ok:
-        warnings.warn("running the blocks one by one does not reproduce this model's logits: "
-                      "patch_sweep falls back to full forward passes", stacklevel=3)
-    return ok
-
-
 def _progress(items, show: bool, desc: str):
     if not show:
         return items
@@ -536,40 +478,21 @@ def _progress(items, show: bool, desc: str):
 
 
 @torch.no_grad()
-def patch_loop(
-    model,
-    clean_tokens: Int[Tensor, "batch seq"],
-    corrupt_tokens: Int[Tensor, "batch seq"],
-    hook_names: str | Sequence[str],
-    metric: Metric,
-    *,
-    direction: Direction = "denoise",
-    positions: Positions = None,
-    heads: bool = False,
-    batch_size: int | None = None,
-    last_position_only: bool = False,
-    skip_identical: bool = False,
-    progress: bool = True,
-) -> Tensor:
+def patch_loop(model, clean_tokens, corrupt_tokens, hook_names, metric, *, direction: Direction = "denoise",
+               positions: Positions = None, heads: bool = False, last_position_only: bool = False,
+               progress: bool = True, **_batching) -> Tensor:
     """Reference implementation of :func:`patch_sweep`: one forward pass per site.
 
-    Same arguments and result; ``batch_size`` and ``skip_identical`` are
-    accepted for symmetry and ignored (every site gets its own ordinary forward
-    pass over all the prompts).
+    Same arguments and result; the batching options of :func:`patch_sweep`
+    (``batch_size``, ``skip_identical``) are accepted and ignored: every site
+    gets its own ordinary forward pass over all the prompts.
     """
     hook_names = [hook_names] if isinstance(hook_names, str) else list(hook_names)
     target, source_tokens = _prepare(model, clean_tokens, corrupt_tokens, direction)
     _, seq = target.shape
     names = _needed_names(hook_names)
     _, source_acts = _cache(model, source_tokens, names, logits_needed=False)
-
-    def n_heads_of(h: str) -> int:
-        _, head_axis = _axes(h)
-        if head_axis is None:
-            raise ValueError(f"heads=True needs hooks with a head axis; {h!r} has none")
-        return source_acts[h].shape[head_axis]
-
-    sites, site_shape = _sites(hook_names, positions, heads, seq, n_heads_of)
+    sites, site_shape = _sites(hook_names, positions, heads, seq, _n_heads_of(source_acts))
     values = []
     for site in _progress(sites, progress, "patching (loop)"):
         logits = model.run_with_hooks(target, fwd_hooks=_site_hooks(site, source_acts))
@@ -581,22 +504,9 @@ def patch_loop(
 def _site_hooks(site: _Site, source: dict[str, Tensor]) -> list[tuple[str, Callable]]:
     """Plain hooks patching one site for every prompt (the loop's building block)."""
     src = source[site.hook]
-    m = _RESID_MID.match(site.hook)
-    if m:
-        layer = int(m.group(1))
-        store = {}
-
-        def capture(act, hook):
-            store["pre"] = act
-            return act
-
-        def write(act, hook):
-            act = act.clone()
-            p = slice(None) if site.pos is None else site.pos
-            act[:, p] = src[:, p] - store["pre"][:, p]
-            return act
-
-        return [(f"blocks.{layer}.hook_resid_pre", capture), (f"blocks.{layer}.hook_attn_out", write)]
+    if _RESID_MID.match(site.hook):  # the residual stream itself, written through hook_attn_out as in the sweep
+        rows = torch.arange(src.shape[0])
+        return _fwd_hooks(_group_ops([(site, rows, rows)], src.device), source)
 
     def patch(act, hook):
         act = act.clone()

@@ -1,11 +1,12 @@
-"""Figure helpers: one call per figure, titles that name the model.
+"""Figure and output helpers: one call per figure or measured line, always naming the model.
 
 ``imshow``, ``line`` and ``scatter`` draw plotly figures that render in
 Jupyter, Colab and the built book (the renderer is set by
 :func:`exercises_lib.setup`); ``attention_view`` shows attention patterns with
-circuitsvis. Every helper takes the ``model`` whose numbers it shows (or a
-``source`` string for figures that come from no model) and puts its
-``display_name`` in the title, so a figure made on a stand-in always says so.
+circuitsvis; ``say`` prints one measured line. Every helper takes the
+``model`` whose numbers it shows (or a ``source`` string for figures that come
+from no model) and puts its ``display_name`` in the title or at the start of
+the line, so an output made on a stand-in always says so.
 
 Taught in: chapter 0 (setup); used by every chapter.
 """
@@ -19,7 +20,7 @@ import plotly.express as px
 import plotly.graph_objects as go
 import torch
 
-__all__ = ["imshow", "line", "scatter", "bar", "attention_view", "figure_title", "to_numpy"]
+__all__ = ["imshow", "line", "scatter", "bar", "attention_view", "figure_title", "say", "to_numpy"]
 
 
 def to_numpy(x: Any) -> np.ndarray:
@@ -35,10 +36,20 @@ def figure_title(title: str, model=None, source: str | None = None) -> str:
             "say which model produced this figure: pass model=model (or source='...' "
             "for a figure that comes from no model)"
         )
-    name = getattr(model, "display_name", None) if model is not None else source
+    name = _name(model) if model is not None else source
+    return f"{title} <span style='font-size:0.8em'>[{name}]</span>" if title else f"[{name}]"
+
+
+def _name(model) -> str:
+    name = getattr(model, "display_name", None)
     if name is None:  # a model not loaded through load_model
         name = getattr(getattr(model, "cfg", None), "model_name", "unknown model")
-    return f"{title} <span style='font-size:0.8em'>[{name}]</span>" if title else f"[{name}]"
+    return name
+
+
+def say(model, *values: Any, sep: str = " ") -> None:
+    """Print a measured line, prefixed with the name of the model it was measured on: ``[name] ...``."""
+    print(f"[{_name(model)}]", *values, sep=sep)
 
 
 def _finish(fig: go.Figure, title: str, model, source, show: bool, height: int | None):

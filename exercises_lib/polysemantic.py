@@ -13,27 +13,29 @@ predictions. This module has the chapter's tools:
   (the visible rules that turn masses into a label); :func:`label_positions`
   runs them over a dataset and :func:`behaviour_table` summarises them
   overall and per destination token;
-* **prompt templates** (:func:`make_prompt_sets`): induction, bigger
-  indentation and previous token, each prompt with its correct next token,
-  built with the model's own tokenizer;
+* **prompt templates** live in :mod:`exercises_lib.code_prompts`
+  (:func:`~exercises_lib.code_prompts.make_prompt_sets`: induction, bigger
+  indentation and previous token, each prompt with its correct next token);
+  :func:`destination_labels` labels the head at their destinations;
 * **BOS-ablation**: :func:`bos_ablation_hook` makes a head attend only to BOS
   at chosen destination positions; :func:`clean_vs_ablated` gives the table of
   top-1 accuracy and mean probability; :func:`ablation_sweep` ablates each
   position in turn, all positions in a few batched forward passes;
-* figures and the explorer widget (:func:`head_explorer`).
+* figures and the explorer widget: :mod:`exercises_lib.polysemantic_plots`.
 
 Taught in: chapter 3 (a polysemantic attention head).
 """
 
 from __future__ import annotations
 
-import random
+import functools
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
+
 
 __all__ = [
     "BEHAVIOURS",
@@ -49,27 +51,16 @@ __all__ = [
     "token_groups",
     "head_behaviour_profile",
     "polysemanticity",
-    "PromptSet",
+    "TemplatePrompts",
     "prompt_and_answer",
-    "induction_texts",
-    "indentation_texts",
-    "previous_texts",
-    "make_prompt_sets",
     "destination_labels",
     "code_tokens",
-    "show_token",
-    "explain_position",
-    "position_figure",
     "logits_at",
     "bos_ablation_hook",
     "clean_vs_ablated",
     "ablation_sweep",
     "ablation_by_head",
     "ablation_table",
-    "plot_behaviour_distribution",
-    "plot_head_profile",
-    "plot_sweep",
-    "head_explorer",
 ]
 
 #: The labels, in the order of :func:`behaviour_table`'s columns.
@@ -94,10 +85,6 @@ WRITEUP_KEY_POSITION_DROP = {"induction": 0.20, "indentation": 0.40, "previous":
 # ---------------------------------------------------------------------------
 
 
-def _width(whitespace: str) -> int:
-    return whitespace.count(" ") + 4 * whitespace.count("\t")
-
-
 def indentation_depths(str_tokens: Sequence[str]) -> list[int]:
     """Depth of every newline+indent token, -1 for every other token.
 
@@ -109,17 +96,18 @@ def indentation_depths(str_tokens: Sequence[str]) -> list[int]:
     One tokenizer writes ``"\\n" + 7 spaces`` as one token (depth 7), GPT-2's
     as ``"\\n"`` (depth 0) then seven ``" "`` tokens (depths 1, ..., 7).
     """
+    # SOLUTION: track whether we are still in a line's leading whitespace
     depths = []
-    at_line_start = False
-    depth = 0
+    at_line_start, depth = False, 0
     for s in str_tokens:
         if s and s.strip(" \t\r\n") == "":
             if "\n" in s:
-                depth = _width(s.rsplit("\n", 1)[1])
+                tail = s.rsplit("\n", 1)[1]
+                depth = tail.count(" ") + 4 * tail.count("\t")
                 at_line_start = True
                 depths.append(depth)
             elif at_line_start:
-                depth += _width(s)
+                depth += s.count(" ") + 4 * s.count("\t")
                 depths.append(depth)
             else:
                 depths.append(-1)
@@ -127,6 +115,7 @@ def indentation_depths(str_tokens: Sequence[str]) -> list[int]:
             at_line_start = False
             depths.append(-1)
     return depths
+    # END SOLUTION
 
 
 def induction_mask(tokens: Int[Tensor, "seq"]) -> Bool[Tensor, "dest src"]:
@@ -135,11 +124,13 @@ def induction_mask(tokens: Int[Tensor, "seq"]) -> Bool[Tensor, "dest src"]:
     True when ``1 <= s < d`` and ``tokens[s - 1] == tokens[d]``: an induction
     head at ``d`` attends to ``s`` and predicts ``tokens[s]``.
     """
+    # SOLUTION: compare tokens[s - 1] with tokens[d], then keep s < d
     n = tokens.shape[0]
     mask = torch.zeros(n, n, dtype=torch.bool, device=tokens.device)
     mask[:, 1:] = tokens[None, :-1] == tokens[:, None]
     idx = torch.arange(n, device=tokens.device)
     return mask & (idx[None, :] < idx[:, None])
+    # END SOLUTION
 
 
 def behaviour_masses(
@@ -162,10 +153,19 @@ def behaviour_masses(
 
     A source counts once, in the first kind it belongs to.
     """
-    masks = _source_masks(tokens[None], depths[None])[0].to(pattern.device)  # [3, dest, src]
+    # SOLUTION: four [dest, src] masks, each source in the first kind it belongs to
+    n = tokens.shape[0]
+    dev = pattern.device
+    s = torch.arange(n, device=dev)[None, :]
+    d = torch.arange(n, device=dev)[:, None]
+    is_prev = (s == d - 1) & (s >= 1)
+    ind = induction_mask(tokens.to(dev)) & ~is_prev & (s >= 1)
+    dep = depths.to(dev)
+    deeper = (dep[:, None] >= 0) & (dep[None, :] > dep[:, None]) & (s < d) & (s >= 1) & ~is_prev & ~ind
     pattern = pattern.float()
-    kinds = [(pattern * masks[k]).sum(-1) for k in range(3)]
-    return torch.stack([pattern[..., :, 0]] + kinds, dim=-1)
+    masses = [pattern[..., :, 0]] + [(pattern * m.float()).sum(-1) for m in (is_prev, ind, deeper)]
+    return torch.stack(masses, dim=-1)
+    # END SOLUTION
 
 
 def _source_masks(tokens: Int[Tensor, "batch seq"], depths: Int[Tensor, "batch seq"]) -> Float[Tensor, "batch 3 dest src"]:
@@ -206,19 +206,16 @@ def classify_behaviour(
 
     Returns a (nested) list of strings with the batch shape of ``masses``.
     """
+    # SOLUTION: inactive first, then the largest behaviour above min_mass
     names = ("previous", "induction", "bigger-indentation")
     best_mass, best = masses[..., 1:].max(-1)
-    flat_bos = masses[..., 0].reshape(-1).tolist()
-    flat_mass = best_mass.reshape(-1).tolist()
-    flat_best = best.reshape(-1).tolist()
-    labels = [
-        "inactive" if b >= bos_threshold else (names[k] if m >= min_mass else "unknown")
-        for b, m, k in zip(flat_bos, flat_mass, flat_best)
-    ]
+    flat = zip(masses[..., 0].reshape(-1).tolist(), best_mass.reshape(-1).tolist(), best.reshape(-1).tolist())
+    labels = ["inactive" if b >= bos_threshold else (names[k] if m >= min_mass else "unknown") for b, m, k in flat]
     shape = masses.shape[:-1]
     for size in reversed(shape[1:]):
         labels = [labels[i : i + size] for i in range(0, len(labels), size)]
     return labels if shape else labels[0]
+    # END SOLUTION
 
 
 def _label_index(masses: Tensor, bos_threshold: float = 0.5, min_mass: float = 0.3) -> Tensor:
@@ -287,6 +284,7 @@ def behaviour_table(
     (``None``: all positions); each row sums to 1 (a group that never occurs
     gets a row of zeros).
     """
+    # SOLUTION: count labels per group, then normalise each row
     table = torch.zeros(len(groups), len(BEHAVIOURS))
     col = {b: i for i, b in enumerate(BEHAVIOURS)}
     for g, group in enumerate(groups):
@@ -294,6 +292,7 @@ def behaviour_table(
             if group is None or tok == group:
                 table[g, col[label]] += 1
     return table / table.sum(-1, keepdim=True).clamp_min(1)
+    # END SOLUTION
 
 
 def token_groups(
@@ -335,16 +334,17 @@ def polysemanticity(profile: Float[Tensor, "... behaviour"], share: float = 0.1)
 
 
 # ---------------------------------------------------------------------------
-# Prompt templates
+# Prompts with answers (the templates themselves: exercises_lib.code_prompts)
 # ---------------------------------------------------------------------------
 
 
 @dataclass
-class PromptSet:
+class TemplatePrompts:
     """Prompts of one template, all of the same length, each with its correct next token.
 
     ``tokens[i, -1]`` is the destination (orange) position; ``answers[i]`` the
     correct next token; ``texts[i]`` the prompt followed by its answer.
+    (Chapter 4's clean/corrupted prompt pairs are :class:`exercises_lib.duality.PromptSet`.)
     """
 
     name: str
@@ -356,6 +356,10 @@ class PromptSet:
     def __len__(self) -> int:
         return self.tokens.shape[0]
 
+    def first(self, n: int) -> "TemplatePrompts":
+        """The first ``n`` prompts."""
+        return TemplatePrompts(self.name, self.tokens[:n], self.answers[:n], self.texts[:n], self.description)
+
 
 def prompt_and_answer(
     model, texts: Sequence[str]
@@ -366,173 +370,21 @@ def prompt_and_answer(
     token is the answer, the tokens before it the prompt. All texts must have
     the same number of tokens (raise ``ValueError`` otherwise).
     """
+    # SOLUTION: tokenize each text with BOS, split off the last token
     rows = [model.to_tokens(t)[0] for t in texts]
     if len({r.shape[0] for r in rows}) != 1:
         raise ValueError("the texts have different numbers of tokens")
     tokens = torch.stack(rows)
     return tokens[:, :-1], tokens[:, -1]
+    # END SOLUTION
 
 
-#: Identifier words for the blue (random) tokens of the templates.
-NAMES = (
-    "data value name size count items result key path node index total config buffer parent "
-    "child width height text line token model state cache offset limit source target handle "
-    "query record entry frame event stream label score level mode field table user client "
-    "server message request response options prefix suffix number length weight color shape "
-    "point start end block output input queue stack flag rate step scale"
-).split()
-#: The two halves of the class names of the induction and previous-token templates.
-CLASS_HEADS = "Data File Node Task User Event Stream Token Query Image Block Table Graph Field Socket Packet Order".split()
-CLASS_TAILS = "Manager Handler Builder Parser Loader Writer Reader Client Factory Helper Router Filter Adapter Monitor Visitor".split()
-
-
-def _one_token(model, text: str) -> bool:
-    return len(model.tokenizer.encode(text, add_special_tokens=False)) == 1
-
-
-MODULES = "os sys re json math time random copy string types".split()
-
-
-def _preamble(modules: list[str], rng: random.Random) -> str:
-    """Two import lines, so the template's code does not start at the first positions."""
-    a, b = rng.sample(modules, 2)
-    return f"import {a}\nimport {b}\n\n\n"
-
-
-def _vocabulary(model) -> tuple[list[str], list[str]]:
-    """Names that are one token with and without a leading space; one-token module names."""
-    names = [w for w in NAMES if _one_token(model, w) and _one_token(model, " " + w)]
-    modules = [m for m in MODULES if _one_token(model, " " + m)]
-    return names, modules
-
-
-def _class_names(model, rng: random.Random) -> list[tuple[str, str]]:
-    """(head, tail) pairs whose name ``" " + head + tail`` is exactly the tokens ``" " + head``, ``tail``."""
-    pairs = []
-    for a in CLASS_HEADS:
-        for b in CLASS_TAILS:
-            enc = model.tokenizer.encode(" " + a + b, add_special_tokens=False)
-            if len(enc) == 2 and _one_token(model, " " + a) and _one_token(model, b):
-                if enc == model.tokenizer.encode(" " + a, add_special_tokens=False) + model.tokenizer.encode(b, add_special_tokens=False):
-                    pairs.append((a, b))
-    rng.shuffle(pairs)
-    return pairs
-
-
-def _equal_length(model, texts: list[str], n: int, check: Callable[[list[str]], bool]) -> list[str]:
-    """The first ``n`` texts of the most common token length whose tokens pass ``check``."""
-    from collections import Counter
-
-    str_toks = [model.to_str_tokens(t) for t in texts]
-    good = [(t, s) for t, s in zip(texts, str_toks) if check(s)]
-    if not good:
-        raise ValueError("no text passed the template's checks with this tokenizer")
-    length = Counter(len(s) for _, s in good).most_common(1)[0][0]
-    kept = [t for t, s in good if len(s) == length]
-    if len(kept) < n:
-        raise ValueError(f"only {len(kept)} prompts of equal length; asked for {n}")
-    return kept[:n]
-
-
-def induction_texts(model, n: int = 120, n_pairs: int = 3, seed: int = 0) -> list[str]:
-    """Induction prompts: a two-token class name, used again at the end.
-
-    ``class {A}{B}:`` is defined with a method, then a later line starts
-    ``{x} = {A}``: the destination is ``{A}`` and the answer ``{B}``, the
-    token after the earlier copy of ``{A}``. ``n_pairs`` class names; the
-    method, attribute and variable names vary. (The indentation does not:
-    with GPT-2's tokenizer each space is a token, and the prompts of a set
-    must have the same length.)
-    """
-    rng = random.Random(seed)
-    names, modules = _vocabulary(model)
-    pairs = _class_names(model, rng)[:n_pairs]
-    texts = []
-    for _ in range(6 * n):
-        a, b = rng.choice(pairs)
-        method = rng.choice(names)
-        attr, var = rng.sample(names, 2)
-        ind = "    "
-        texts.append(
-            _preamble(modules, rng)
-            + f"class {a}{b}:\n{ind}def {method}(self):\n{ind}{ind}return self.{attr}\n\n\n{var} = {a}{b}"
-        )
-
-    def check(s: list[str]) -> bool:  # answer = token after the earlier copy of the destination
-        dest = s[-2]
-        copies = [i for i in range(1, len(s) - 2) if s[i] == dest]
-        return len(copies) == 1 and s[copies[0] + 1] == s[-1]
-
-    return _equal_length(model, texts, n, check)
-
-
-def indentation_texts(model, n: int = 50, seed: int = 0) -> list[str]:
-    """Bigger-indentation prompts: a call whose arguments are on deeper lines.
-
-    ``{r} = {g}(`` then two argument lines, indented one level deeper, then
-    the line that closes the call: the destination is the newline+indent
-    token of that line, the answer its ``)``.
-    """
-    rng = random.Random(seed)
-    names, modules = _vocabulary(model)
-    texts = []
-    for _ in range(4 * n):
-        f = rng.choice(names)
-        a, b, r, g = rng.sample(names, 4)
-        texts.append(_preamble(modules, rng) + f"def {f}({a}, {b}):\n    {r} = {g}(\n        {a},\n        {b},\n    )")
-
-    def check(s: list[str]) -> bool:
-        return s[-1].strip() == ")" and indentation_depths(s)[-2] >= 0
-
-    return _equal_length(model, texts, n, check)
-
-
-def previous_texts(model, n: int = 50, seed: int = 0) -> list[str]:
-    """Previous-token prompts: the bracket of ``def __init__(``, answer ``self``.
-
-    A class ``{A}{B}`` with one class attribute ``{attr} = {val}``, then
-    ``def __init__(``: the destination is ``(``, whose previous token says
-    which function is being defined; the answer is ``self``. The class line
-    has no brackets, so ``(`` has no earlier copy (no induction).
-    """
-    rng = random.Random(seed)
-    names, modules = _vocabulary(model)
-    pairs = _class_names(model, rng)
-    texts = []
-    for _ in range(4 * n):
-        a, b = rng.choice(pairs)
-        attr = rng.choice(names)
-        val = rng.choice(names)
-        texts.append(_preamble(modules, rng) + f"class {a}{b}:\n    {attr} = {val}\n\n    def __init__(self")
-
-    def check(s: list[str]) -> bool:
-        return s[-1].strip() == "self" and s[-2].strip() == "(" and s.count(s[-2]) == 1
-
-    return _equal_length(model, texts, n, check)
-
-
-def destination_labels(model, prompts: "PromptSet", layer: int, head: int, **rules) -> dict[str, float]:
+def destination_labels(model, prompts: TemplatePrompts, layer: int, head: int, **rules) -> dict[str, float]:
     """Share of prompts with each label of ``layer.head`` at the destination (last) position."""
     pattern = head_patterns(model, prompts.tokens, [layer])[layer][:, head]  # prompt dest src
     masses = _batched_masses(pattern, prompts.tokens, _depths(model, prompts.tokens))[:, -1]
     labels = [BEHAVIOURS[i] for i in _label_index(masses, **rules).tolist()]
     return {b: labels.count(b) / len(labels) for b in BEHAVIOURS if labels.count(b)}
-
-
-def make_prompt_sets(model, sizes: dict | None = None, seed: int = 0) -> dict[str, PromptSet]:
-    """The three templates (sizes as in the write-up: 120, 50, 50)."""
-    sizes = {"induction": 120, "indentation": 50, "previous": 50, **(sizes or {})}
-    makers = {
-        "induction": (induction_texts, "token after an earlier copy of the destination token"),
-        "indentation": (indentation_texts, "newline+indent token closing a call whose arguments are indented deeper"),
-        "previous": (previous_texts, "bracket after __init__, answer self"),
-    }
-    sets = {}
-    for name, (make, description) in makers.items():
-        texts = make(model, n=sizes[name], seed=seed)
-        tokens, answers = prompt_and_answer(model, texts)
-        sets[name] = PromptSet(name, tokens, answers, texts, description)
-    return sets
 
 
 # ---------------------------------------------------------------------------
@@ -572,6 +424,7 @@ def bos_ablation_hook(
     becomes one-hot on source 0; every other row, and every other head, is
     left alone. (An int applies to all sequences.)
     """
+    # SOLUTION: replace row dest_positions[b] of head `head` by one-hot on BOS
     batch = pattern.shape[0]
     pos = torch.as_tensor(dest_positions, device=pattern.device).expand(batch)
     rows = torch.arange(batch, device=pattern.device)
@@ -579,10 +432,7 @@ def bos_ablation_hook(
     one_hot[0] = 1.0
     pattern[rows, head, pos] = one_hot
     return pattern
-
-
-def _ablated_hooks(layer: int, head: int, dest_positions) -> list:
-    return [(f"blocks.{layer}.attn.hook_pattern", lambda p, hook: bos_ablation_hook(p, hook, head, dest_positions))]
+    # END SOLUTION
 
 
 def _answer_probs(logits: Tensor, answers: Tensor) -> tuple[Tensor, Tensor]:
@@ -598,15 +448,20 @@ def clean_vs_ablated(
     """Top-1 accuracy and mean probability of the answer, clean and BOS-ablated.
 
     Rows: ``[clean, ablated]``; columns: ``[accuracy, mean probability]``.
-    The prediction is read at the last position; ablated = head ``layer.head``
-    attends only to BOS at that (destination) position.
+    The prediction is read at the last position (:func:`logits_at`); ablated =
+    head ``layer.head`` attends only to BOS at that (destination) position.
     """
+    # SOLUTION: logits at the last position without and with the hook
     dest = tokens.shape[1] - 1
+    hook = functools.partial(bos_ablation_hook, head=head, dest_positions=dest)
     out = torch.zeros(2, 2)
-    for i, hooks in enumerate([[], _ablated_hooks(layer, head, dest)]):
-        correct, p = _answer_probs(logits_at(model, tokens, dest, hooks), answers)
-        out[i, 0], out[i, 1] = correct.mean(), p.mean()
+    for i, hooks in enumerate([[], [(f"blocks.{layer}.attn.hook_pattern", hook)]]):
+        logits = logits_at(model, tokens, dest, hooks)
+        p = logits.float().softmax(-1)[torch.arange(len(answers)), answers.to(logits.device)]
+        out[i, 0] = (logits.argmax(-1) == answers.to(logits.device)).float().mean()
+        out[i, 1] = p.mean()
     return out
+    # END SOLUTION
 
 
 def ablation_sweep(
@@ -622,23 +477,27 @@ def ablation_sweep(
     ``drop[j] = mean_i (p_clean_i - p_ablated_at_j_i)``, the probability read
     at the last position. Batched: the prompts are repeated once per position
     and copy ``(i, j)`` is ablated at its own position ``j``, so the whole
-    sweep takes a few forward passes.
+    sweep takes a few forward passes of ``batch_size`` rows.
     """
+    # SOLUTION: one copy of each prompt per position, each ablated at its own position
     n, seq = tokens.shape
-    _, p_clean = _answer_probs(logits_at(model, tokens, seq - 1), answers)
+    rows = torch.arange(n)
+    p_clean = logits_at(model, tokens, seq - 1).float().softmax(-1)[rows, answers.to(tokens.device)]
     big = tokens.repeat_interleave(seq, dim=0)  # row i * seq + j: prompt i, ablated at j
     where = torch.arange(seq, device=tokens.device).repeat(n)
-    answers_big = answers.repeat_interleave(seq)
+    answers_big = answers.repeat_interleave(seq).to(tokens.device)
     p_abl = []
-    for start in range(0, big.shape[0], batch_size):
+    for start in range(0, n * seq, batch_size):
         sl = slice(start, start + batch_size)
-        logits = logits_at(model, big[sl], seq - 1, _ablated_hooks(layer, head, where[sl]))
-        p_abl.append(_answer_probs(logits, answers_big[sl])[1])
+        hook = functools.partial(bos_ablation_hook, head=head, dest_positions=where[sl])
+        logits = logits_at(model, big[sl], seq - 1, [(f"blocks.{layer}.attn.hook_pattern", hook)])
+        p_abl.append(logits.float().softmax(-1)[torch.arange(logits.shape[0]), answers_big[sl]])
     p_abl = torch.cat(p_abl).reshape(n, seq)
-    return (p_clean[:, None].cpu() - p_abl.cpu()).mean(0)
+    return (p_clean[:, None] - p_abl).mean(0).cpu()
+    # END SOLUTION
 
 
-def ablation_by_head(model, prompts: PromptSet, layers: Sequence[int] | None = None) -> Float[Tensor, "layer head"]:
+def ablation_by_head(model, prompts: TemplatePrompts, layers: Sequence[int] | None = None) -> Float[Tensor, "layer head"]:
     """Drop of the mean answer probability when each head is BOS-ablated at the destination.
 
     One forward pass per layer: the prompts are repeated once per head, and
@@ -683,143 +542,3 @@ def ablation_table(ours: dict[str, Tensor], model) -> str:
             )
     lines.append(f"ours: {model.display_name}; write-up: attn-only-4l (real), measured by its authors on their own prompts.")
     return "\n".join(lines)
-
-
-# ---------------------------------------------------------------------------
-# Figures and the explorer
-# ---------------------------------------------------------------------------
-
-_COLOURS = {
-    "previous": "#1f77b4",
-    "induction": "#d62728",
-    "bigger-indentation": "#2ca02c",
-    "inactive": "#7f7f7f",
-    "unknown": "#ff7f0e",
-}
-
-
-def show_token(tok: str) -> str:
-    """A readable name for a token: newlines as ⏎, spaces as ·."""
-    return "'" + tok.replace("\n", "⏎").replace(" ", "·").replace("\t", "⇥") + "'"
-
-
-def plot_behaviour_distribution(table: Tensor, groups: Sequence[str | None], model, counts: Sequence[int] | None = None, title: str = "", show: bool = True):
-    """Stacked bars: the share of each behaviour, overall and per destination token."""
-    import plotly.graph_objects as go
-
-    from exercises_lib.plotting import figure_title, to_numpy
-
-    names = ["all" if g is None else show_token(g) for g in groups]
-    if counts is not None:
-        names = [f"{n} ({c})" for n, c in zip(names, counts)]
-    arr = to_numpy(table)
-    fig = go.Figure()
-    for k, b in enumerate(BEHAVIOURS):
-        fig.add_trace(go.Bar(name=b, x=names, y=arr[:, k], marker_color=_COLOURS[b]))
-    fig.update_layout(
-        barmode="stack", yaxis_title="share of destination positions", xaxis_title="destination token (count)",
-        title=figure_title(title or "Behaviour of the head, overall and per destination token", model), margin=dict(t=60),
-    )
-    if show:
-        fig.show()
-        return None
-    return fig
-
-
-def plot_head_profile(profile: Tensor, model, title: str = "", show: bool = True):
-    """Heatmaps (one per behaviour) of the share of positions each head spends in it."""
-    from exercises_lib.plotting import imshow
-
-    return imshow(
-        profile.permute(2, 0, 1), model=model, facet_col=0, facet_labels=list(BEHAVIOURS), centred=False,
-        color_continuous_scale="Blues", zmin=0, zmax=1, labels={"x": "head", "y": "layer", "color": "share"},
-        title=title or "Share of positions with each behaviour, per head", show=show,
-    )
-
-
-def plot_sweep(drops: Tensor, str_tokens: Sequence[str], model, template: str, show: bool = True):
-    """The per-position ablation sweep of one template, over the tokens of its first prompt."""
-    from exercises_lib.plotting import line
-
-    xs = [f"{i}: {show_token(t)}" for i, t in enumerate(str_tokens)]
-    return line(
-        drops, x=xs, model=model, labels={"x": "position BOS-ablated (tokens of the first prompt)", "y": "drop of p(correct)"},
-        title=f"{template}: drop of the correct token's probability, ablating one position at a time", show=show,
-    )
-
-
-DEFAULT_CODE = '''class DataLoader:
-    def __init__(self, path, size):
-        self.path = path
-        self.size = size
-
-    def read(self):
-        with open(self.path) as f:
-            return f.read(self.size)
-
-loader = DataLoader'''
-
-
-def explain_position(model, code: str, position: int, layer: int, head: int, **rules) -> dict:
-    """Attention of ``layer.head`` from one position of ``code``, with its masses and label."""
-    tokens = model.to_tokens(code)[0]
-    position = max(1, min(position, tokens.shape[0] - 1))
-    pattern = head_patterns(model, tokens[None], [layer])[layer][0, head]
-    str_toks = model.to_str_tokens(tokens)
-    depths = torch.tensor(indentation_depths(str_toks))
-    masses = behaviour_masses(pattern, tokens, depths)[position]
-    return {
-        "str_tokens": str_toks, "position": position, "row": pattern[position, : position + 1],
-        "masses": masses, "label": classify_behaviour(masses, **rules),
-    }
-
-
-def position_figure(model, code: str, position: int, layer: int, head: int):
-    """Bar chart of ``layer.head``'s attention from one position of ``code``, titled with its label."""
-    import plotly.graph_objects as go
-
-    from exercises_lib.plotting import figure_title
-
-    info = explain_position(model, code, position, layer, head)
-    p, toks = info["position"], info["str_tokens"]
-    m = info["masses"].tolist()
-    fig = go.Figure(go.Bar(x=[f"{i}: {show_token(t)}" for i, t in enumerate(toks[: p + 1])], y=info["row"].tolist()))
-    fig.update_layout(
-        title=figure_title(
-            f"{layer}.{head} from position {p} {show_token(toks[p])}: <b>{info['label']}</b> "
-            f"(BOS {m[0]:.2f}, previous {m[1]:.2f}, induction {m[2]:.2f}, deeper indent {m[3]:.2f})", model,
-        ),
-        yaxis_title="attention", yaxis_range=[0, 1], xaxis_title="source token", height=400, margin=dict(t=60),
-    )
-    return fig
-
-
-def head_explorer(model, layer: int, head: int, code: str = DEFAULT_CODE, position: int | None = None):
-    """Widget: type code, pick a destination position, see the head's attention and its label.
-
-    Returns the ipywidgets box; its figure is drawn once before it is
-    returned, so it renders statically too (``box.figure(code, position)``
-    gives the figure without widgets).
-    """
-    import ipywidgets as widgets
-    from IPython.display import display
-
-    n0 = model.to_tokens(code).shape[1]
-    text = widgets.Textarea(value=code, layout=widgets.Layout(width="95%", height="170px"), description="code")
-    pos = widgets.IntSlider(value=n0 - 1 if position is None else position, min=1, max=max(1, n0 - 1), description="position")
-    out = widgets.Output()
-
-    def figure(code: str, position: int):
-        return position_figure(model, code, position, layer, head)
-
-    def update(code: str, position: int) -> None:
-        pos.max = max(1, model.to_tokens(code).shape[1] - 1)
-        out.clear_output(wait=True)
-        with out:
-            display(figure(code, min(position, pos.max)))
-
-    box = widgets.VBox([text, pos, out])
-    box.figure = figure
-    widgets.interactive_output(update, {"code": text, "position": pos})
-    update(text.value, pos.value)
-    return box

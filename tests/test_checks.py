@@ -1,9 +1,13 @@
-"""The check harness: passes the reference, rejects typical mistakes with clear messages."""
+"""The check harness, and every registered check: it passes the reference and rejects each
+typical mistake (and a few hand-written wrong answers) with a message that names it."""
+
+import functools
 
 import pytest
 import torch
 
-from exercises_lib.checks import CHECKS, CheckFailed, check, compare, register_check, run_check
+from exercises_lib import duality as D
+from exercises_lib.checks import CHECKS, CheckFailed, check, compare, course_function, load_check_modules, register_check, run_check
 
 
 def _ref(x):
@@ -92,14 +96,78 @@ def test_compare_reports_index_and_size():
     assert compare(a, a) is None
 
 
-def test_every_registered_check_passes_its_reference(check_context):
-    """Each chapter's checks accept the reference (on the stand-in of their model)."""
-    from exercises_lib.checks import _load_check_modules
+def test_check_returns_the_function_later_cells_use(monkeypatch, capsys):
+    monkeypatch.delenv("MECHINTERP_CHECKS_RAISE", raising=False)
+    x = torch.randn(2, 3)
+    good = check("_test.softmax", _ref)
+    assert good.passed and good.submitted is _ref and good.function is _ref and "your softmax" in capsys.readouterr().out
 
-    _load_check_modules()
-    for name, chk in CHECKS.items():
-        if name.startswith("_test"):
-            continue
-        ctx = check_context(chk)
-        result = run_check(name, chk.reference, **ctx)
-        assert result.passed, f"{name}: {result.message}"
+    def wrong(x):
+        return x
+
+    bad = check("_test.softmax", wrong)
+    assert not bad and bad.submitted is wrong and bad.function is _ref  # no library module: the check's reference
+    assert "the course's softmax" in capsys.readouterr().out
+    torch.testing.assert_close(bad(x), _ref(x))
+    again = check("_test.softmax", bad)  # re-running the cell checks the student's function, not the reference
+    assert not again and again.submitted is wrong
+    assert isinstance(functools.partial(bad, x)(), torch.Tensor) and bad.__name__ == "_ref"
+
+
+load_check_modules()
+NAMES = sorted(n for n in CHECKS if not n.startswith("_test"))
+MISTAKES = [(n, d) for n in NAMES for d in CHECKS[n].mistakes]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_reference_passes_and_at_least_two_mistakes_are_named(name, check_context):
+    """Each chapter's checks accept the reference (on the stand-in of their model)."""
+    chk = CHECKS[name]
+    assert len(chk.mistakes) >= 2, name
+    result = run_check(name, chk.reference, **check_context(chk))
+    assert result.passed, f"{name}: {result.message}"
+    assert course_function(name).__name__ == name.rsplit(".", 1)[1]  # the course's function: exercises_lib.<module>.<fn>
+
+
+@pytest.mark.parametrize("name, mistake", MISTAKES, ids=[f"{n}-{i}" for i, (n, _) in enumerate(MISTAKES)])
+def test_each_typical_mistake_fails_and_is_named(name, mistake, check_context):
+    result = run_check(name, CHECKS[name].mistakes[mistake], **check_context(CHECKS[name]))
+    assert not result.passed, f"{name}: the mistake {mistake!r} passed"
+    assert mistake in result.message, result.message
+
+
+def _hook_in_place_not_renormalised(pattern, hook, head, dest_positions):
+    pos = torch.as_tensor(dest_positions).expand(pattern.shape[0])
+    pattern[torch.arange(pattern.shape[0]), head, pos, 0] = 1.0  # forgets to zero the rest
+    return pattern
+
+
+def _hook_first_position_for_all(pattern, hook, head, dest_positions):
+    d = int(torch.as_tensor(dest_positions).reshape(-1)[0])
+    pattern[:, head, d] = 0.0
+    pattern[:, head, d, 0] = 1.0
+    return pattern
+
+
+# Wrong answers as a student might write them, besides the registered mistakes: (check, answer, words in the message)
+WRONG = [
+    ("polysemantic.bos_ablation_hook", _hook_in_place_not_renormalised, "not renormalised"),
+    ("polysemantic.bos_ablation_hook", _hook_first_position_for_all, "not yet"),
+    ("duality.logit_diff_directions", lambda model, correct, incorrect: model.W_U[:, correct] - model.W_U[:, incorrect], "shape"),
+    ("duality.logit_lens_logit_diff",
+     lambda cache, directions: (cache.accumulated_resid(layer=-1, pos_slice=-1) * directions[None]).sum(-1), "shape"),
+    ("duality.patch_resid_pre", lambda model, target_tokens, source_cache, layer, pos, metric:
+        D.patch_resid_pre(model, target_tokens, source_cache, 3, pos, metric), "hidden test case"),
+    ("layernorm.max_logit_difference", None, "hf_model"),  # called without the Hugging Face model
+]
+
+
+@pytest.mark.parametrize("name, wrong, words", WRONG, ids=[f"{n}-{w}" for n, _, w in WRONG])
+def test_hand_written_wrong_answers_are_caught(name, wrong, words, check_context, monkeypatch, capsys):
+    monkeypatch.delenv("MECHINTERP_CHECKS_RAISE", raising=False)
+    ctx = check_context(CHECKS[name])
+    if wrong is None:
+        ctx.pop("hf_model")
+        wrong = CHECKS[name].reference
+    result = check(name, wrong, **ctx)
+    assert not result.passed and words in capsys.readouterr().out

@@ -9,12 +9,16 @@ import pytest
 
 from exercises_lib import __version__
 from exercises_lib.colab import bootstrap_code, install_target
+from exercises_lib.checks import CHECKS, load_check_modules
 from exercises_lib.generate import (
+    DEF_NAME,
     MarkerError,
     exercise_notebook,
+    library_source,
     make_exercise_source,
     normalise_solution,
     pairs,
+    solution_from_library,
     solution_regions,
 )
 
@@ -108,3 +112,34 @@ def test_every_notebook_starts_with_badge_and_bootstrap(sol_path, ex_path):
         nb = nbformat.read(path, as_version=4)
         assert nb.cells[0].cell_type == "markdown" and "Open In Colab" in nb.cells[0].source, path
         assert nb.cells[1].cell_type == "code" and nb.cells[1].source == bootstrap_code(), path
+
+
+def test_each_solution_exists_once_in_the_library():
+    """Every solution cell is its library function's source, and every check has exactly one solution cell."""
+    load_check_modules()
+    found = []
+    for sol_path, _ in pairs(ROOT):
+        nb = nbformat.read(sol_path, as_version=4)
+        _, drifted = solution_from_library(nb, f"solutions/{sol_path.name}")
+        assert drifted == [], f"{sol_path.name}: solution cells differ from exercises_lib ({drifted}): run exercises_lib.generate"
+        cells = [c for c in nb.cells if "solution" in c.metadata.get("tags", [])]
+        found += [f"{_module(sol_path)}.{DEF_NAME.search(c.source).group(1)}" for c in cells]
+    assert sorted(found) == sorted(n for n in CHECKS if not n.startswith("_test"))
+
+
+def _module(path):
+    from exercises_lib.chapters import chapter_of_notebook
+
+    return chapter_of_notebook(path.name).module
+
+
+def test_drift_is_found_and_repaired():
+    sol_path = pairs(ROOT)[1][0]
+    nb = nbformat.read(sol_path, as_version=4)
+    cell = next(c for c in nb.cells if "solution" in c.metadata.get("tags", []))
+    name = DEF_NAME.search(cell.source).group(1)
+    cell.source = cell.source.replace("# END SOLUTION", "x = 1  # an edit made in the notebook\n    # END SOLUTION")
+    repaired, drifted = solution_from_library(nb, f"solutions/{sol_path.name}")
+    assert drifted == [f"{_module(sol_path)}.{name}"]
+    cell = next(c for c in repaired.cells if "solution" in c.metadata.get("tags", []))
+    assert cell.source == library_source(_module(sol_path), name)

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from exercises_lib import layernorm as LN
+from exercises_lib import patching_choices as PC
 from exercises_lib.models import build_standin
 from exercises_lib.standin import build_standin_weights
 
@@ -35,10 +36,13 @@ def test_ln_scale_equals_every_hook_scale(gpt2_standin):
     model = gpt2_standin
     _, cache = model.run_with_cache(model.to_tokens([PROMPT, "One more text, of the same length!!"]))
     L = model.cfg.n_layers
+    def divisor(name):  # TransformerLens caches 1 / s
+        return 1 / cache[f"{name}.hook_scale"][..., 0]
+
     for layer in (0, 5, L - 1):
-        torch.testing.assert_close(LN.ln_scale(cache[f"blocks.{layer}.hook_resid_pre"]), cache[f"blocks.{layer}.ln1.hook_scale"])
-        torch.testing.assert_close(LN.ln_scale(cache[f"blocks.{layer}.hook_resid_mid"]), cache[f"blocks.{layer}.ln2.hook_scale"])
-    torch.testing.assert_close(LN.ln_scale(cache[f"blocks.{L - 1}.hook_resid_post"]), cache["ln_final.hook_scale"])
+        torch.testing.assert_close(LN.ln_scale(cache[f"blocks.{layer}.hook_resid_pre"]), divisor(f"blocks.{layer}.ln1"))
+        torch.testing.assert_close(LN.ln_scale(cache[f"blocks.{layer}.hook_resid_mid"]), divisor(f"blocks.{layer}.ln2"))
+    torch.testing.assert_close(LN.ln_scale(cache[f"blocks.{L - 1}.hook_resid_post"]), divisor("ln_final"))
 
 
 def test_layernorm_scales_names_and_shape(gpt2_standin):
@@ -56,10 +60,10 @@ def test_fold_layernorm_reproduces_layernorm_then_linear():
     x = 3 * torch.randn(5, d, generator=g) + 1.0
     expected = torch.nn.functional.layer_norm(x, (d,), w, b, LN.EPS) @ W + b_W
     W2, b2 = LN.fold_layernorm(w, b, W, b_W)
-    s = LN.ln_scale(x)
-    torch.testing.assert_close((x - x.mean(-1, keepdim=True)) / s @ W2 + b2, expected, atol=1e-5, rtol=1e-5)
+    s = LN.ln_scale(x)[:, None]
+    torch.testing.assert_close((x - x.mean(-1, keepdim=True)) * s @ W2 + b2, expected, atol=1e-5, rtol=1e-5)
     # W2 is centred, so the centring is no longer needed:
-    torch.testing.assert_close(x / s @ W2 + b2, expected, atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(x * s @ W2 + b2, expected, atol=1e-4, rtol=1e-5)
 
 
 def test_linearisation_error_known_values():
@@ -83,11 +87,11 @@ def test_frozen_scale_effects(gpt2_standin):
     assert out["kl"][-1] > 0  # freezing changes the output
     # Brute force for one LayerNorm: freeze ln_final with a hook of our own.
     scales, all_names = LN.layernorm_scales(gpt2_standin, tokens)
-    mean = scales[all_names.index("ln_final"), 0, 1:].mean()
+    divisor = 1 / scales[all_names.index("ln_final"), 0, 1:].mean()  # hook_scale is 1 / s
 
     def freeze(act, hook):
         act = act.clone()
-        act[:, 1:] = mean
+        act[:, 1:] = divisor
         return act
 
     clean = gpt2_standin(tokens)[0, 1:].log_softmax(-1)
@@ -224,18 +228,18 @@ def test_growth_fit_recovers_an_exponential():
 
 def test_patching_effect_endpoints():
     v = torch.tensor([3.0, 18.0])
-    torch.testing.assert_close(LN.patching_effect(v, 18.0, 3.0, "denoise"), torch.tensor([0.0, 1.0]))
-    torch.testing.assert_close(LN.patching_effect(v, 18.0, 3.0, "noise"), torch.tensor([1.0, 0.0]))
+    torch.testing.assert_close(PC.patching_effect(v, 18.0, 3.0, "denoise"), torch.tensor([0.0, 1.0]))
+    torch.testing.assert_close(PC.patching_effect(v, 18.0, 3.0, "noise"), torch.tensor([1.0, 0.0]))
     with pytest.raises(ValueError, match="direction"):
-        LN.patching_effect(v, 1.0, 0.0, "sideways")
+        PC.patching_effect(v, 1.0, 0.0, "sideways")
 
 
 def _gate_heads(model):
-    clean, corrupt, metric = LN.and_or_task(model)
-    found = LN.attention_effects_by_direction(model, clean, corrupt, metric)
+    clean, corrupt, metric = PC.and_or_task(model)
+    found = PC.attention_effects_by_direction(model, clean, corrupt, metric)
     out = {}
     for k, gate in enumerate(("and", "or")):
-        sites = LN.gate_like_sites(found["heads"]["denoise"][..., k], found["heads"]["noise"][..., k])
+        sites = PC.gate_like_sites(found["heads"]["denoise"][..., k], found["heads"]["noise"][..., k])
         out[gate] = {key: sorted(v) for key, v in sites.items()}
     return out, found
 
@@ -281,32 +285,32 @@ def test_attention_shift_is_a_slice_of_attention_shifts(gpt2_standin):
     model = gpt2_standin
     tokens = model.to_tokens(PROMPT)
     ids = [model.to_single_token(w) for w in (" blue", " big")]
-    all_heads = LN.attention_shifts(model, tokens, 2, ids)
+    all_heads = PC.attention_shifts(model, tokens, 2, ids)
     assert all_heads.shape == (2, model.cfg.n_layers, model.cfg.n_heads)
     for layer, head in ((0, 3), (10, 1), (11, 9)):
-        torch.testing.assert_close(LN.attention_shift(model, tokens, 2, ids, layer, head), all_heads[:, layer, head])
+        torch.testing.assert_close(PC.attention_shift(model, tokens, 2, ids, layer, head), all_heads[:, layer, head])
 
 
 def test_matched_corruptions_keep_the_colour_heads(gpt2_standin):
     """Find the heads that treat colour words specially (from behaviour), then ask for
     replacements of ' red' that leave them alone: the other colours, nothing else."""
-    from exercises_lib.standin.and_or import COLOURS
+    from exercises_lib.vocab import COLOURS
 
     model = gpt2_standin
     tokens = model.to_tokens(PROMPT)
     others = [" big", " old", " small", " new", " tall"]
-    shifts = LN.attention_shifts(model, tokens, 2, [model.to_single_token(w) for w in others + [" blue"]])
+    shifts = PC.attention_shifts(model, tokens, 2, [model.to_single_token(w) for w in others + [" blue"]])
     special = (shifts[:-1].amin(0) > 0.5) & (shifts[-1] < 0.05)  # moved by every non-colour, not by ' blue'
     heads = [tuple(int(i) for i in idx) for idx in special.nonzero()]
     assert heads  # the stand-in has such heads (planted: the colour heads of the AND/OR gates)
-    picked = LN.matched_corruptions(model, tokens, 2, COLOURS + others + [" Blue", "blue"], heads=heads, tol=0.05)
+    picked = PC.matched_corruptions(model, tokens, 2, [*COLOURS, *others, " Blue", "blue"], heads=heads, tol=0.05)
     names = [model.to_string(torch.tensor([i])) for i in picked]
     assert set(names) == set(COLOURS) - {" red"}
 
 
 def test_token_class():
-    assert LN.token_class(" red") == LN.token_class(" big") == (True, "lower", "alpha")
-    assert LN.token_class(" Blue") == (True, "title", "alpha")
-    assert LN.token_class("blue") == (False, "lower", "alpha")
-    assert LN.token_class(" 42") == (True, "none", "digit")
-    assert LN.token_class(",") == (False, "none", "punct")
+    assert PC.token_class(" red") == PC.token_class(" big") == (True, "lower", "alpha")
+    assert PC.token_class(" Blue") == (True, "title", "alpha")
+    assert PC.token_class("blue") == (False, "lower", "alpha")
+    assert PC.token_class(" 42") == (True, "none", "digit")
+    assert PC.token_class(",") == (False, "none", "punct")

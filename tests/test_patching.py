@@ -12,6 +12,7 @@ import torch
 
 from exercises_lib import duality as D
 from exercises_lib import patching as P
+from exercises_lib.patching_fast_path import fast_path_agrees, forward_staggered
 
 
 @pytest.fixture(scope="module")
@@ -84,6 +85,24 @@ def test_staggered_pass_equals_loop(setup):
     _close(split, looped)
     # Not a trivially constant result: patching the dual word's residual stream moves the metric.
     assert float((looped[:, 0] - looped[:, 1]).abs().max()) > 1e-2 or float(looped.std()) > 1e-2
+
+
+def test_the_fast_path_holds_for_this_transformer_lens(setup):
+    """What exercises_lib.patching_fast_path relies on in the bridge: blocks run one by one from a cached
+    residual stream (rows joining at different blocks) give the model's logits, and hooks fire inside
+    them. A TransformerLens release that breaks it fails here, not in a silent fallback to full passes."""
+    model, ps, _ = setup
+    logits, cache = model.run_with_cache(ps.clean_tokens)
+    L = model.cfg.n_layers
+    resid = {0: cache["blocks.0.hook_resid_pre"], 5: cache["blocks.5.hook_resid_pre"], L: cache[f"blocks.{L - 1}.hook_resid_post"]}
+    rows = torch.arange(len(ps)).repeat(3)
+    fired = []
+    hooks = [("blocks.7.attn.hook_z", lambda z, hook: fired.append(z.shape[0]))]
+    again = forward_staggered(model, [0] * len(ps) + [5] * len(ps) + [L] * len(ps), resid, rows, hooks, False)
+    for k in range(3):
+        _close(again[k * len(ps) : (k + 1) * len(ps)], logits)
+    assert fired == [2 * len(ps)]  # the rows that started at blocks 0 and 5 pass block 7
+    assert fast_path_agrees(model, ps.clean_tokens, resid, logits)
 
 
 def test_per_prompt_metric_and_all_positions(setup):

@@ -7,6 +7,7 @@ import functools
 import pytest
 import torch
 
+from exercises_lib import code_prompts
 from exercises_lib import polysemantic as P
 from exercises_lib.models import build_standin
 from exercises_lib.texts import python_source_snippets
@@ -92,7 +93,7 @@ def test_behaviour_table_rows_sum_to_one():
 
 @pytest.fixture(scope="module")
 def sets(attn_only_standin):
-    return P.make_prompt_sets(attn_only_standin)
+    return code_prompts.make_prompt_sets(attn_only_standin)
 
 
 def test_logits_at_and_head_patterns_match_a_full_forward(attn_only_standin):
@@ -133,7 +134,8 @@ def test_bos_ablation_is_close_to_removing_the_head(attn_only_standin, sets):
         z[:, dest, 4] = 0.0
         return z
 
-    bos = P.logits_at(m, tokens, dest, P._ablated_hooks(1, 4, dest)).softmax(-1)
+    hook = functools.partial(P.bos_ablation_hook, head=4, dest_positions=dest)
+    bos = P.logits_at(m, tokens, dest, [("blocks.1.attn.hook_pattern", hook)]).softmax(-1)
     zero = P.logits_at(m, tokens, dest, [("blocks.1.attn.hook_z", zero_z)]).softmax(-1)
     rows = torch.arange(len(answers))
     assert (bos[rows, answers] - zero[rows, answers]).abs().max() < 0.01
@@ -184,9 +186,9 @@ def test_templates_have_the_writeup_sizes_and_single_token_answers(attn_only_sta
 
 
 def test_templates_are_deterministic(attn_only_standin):
-    a = P.induction_texts(attn_only_standin, n=5, seed=3)
-    assert a == P.induction_texts(attn_only_standin, n=5, seed=3)
-    assert a != P.induction_texts(attn_only_standin, n=5, seed=4)
+    a = code_prompts.induction_texts(attn_only_standin, n=5, seed=3)
+    assert a == code_prompts.induction_texts(attn_only_standin, n=5, seed=3)
+    assert a != code_prompts.induction_texts(attn_only_standin, n=5, seed=4)
 
 
 def test_prompt_and_answer_rejects_unequal_lengths(attn_only_standin):
@@ -221,7 +223,7 @@ def test_default_plant(attn_only_standin, sets, code):
     pat = P.head_patterns(m, toks, [1])[1][0, 4]
     assert pat[-1, 0] > 0.5
     for name in ("induction", "previous"):
-        drops = P.ablation_by_head(m, P.PromptSet(name, sets[name].tokens[:8], sets[name].answers[:8], [], ""))
+        drops = P.ablation_by_head(m, sets[name].first(8))
         assert divmod(int(drops.argmax()), 8) == (1, 4)
 
 
@@ -237,7 +239,7 @@ def test_moved_plant_is_found_there(moved, code):
     assert _previous_token_heads(moved, code) == {2}
     profile = P.head_behaviour_profile(moved, code)
     assert (P.polysemanticity(profile) >= 2).nonzero().tolist() == [[2, 3]]
-    sets = P.make_prompt_sets(moved, sizes={"induction": 12, "indentation": 4, "previous": 12})
+    sets = code_prompts.make_prompt_sets(moved, sizes={"induction": 12, "indentation": 4, "previous": 12})
     for name in ("induction", "previous"):
         drops = P.ablation_by_head(moved, sets[name])
         assert divmod(int(drops.argmax()), 8) == (2, 3)

@@ -49,10 +49,10 @@ from sphinx.application import Sphinx
 from sphinx.transforms.post_transforms import SphinxPostTransform
 from sphinx.util import logging
 
+from exercises_lib.render import BOOK_BUILD_ENV, PLOTLY_FIGURE_CLASS, STANDIN_BANNER_CLASS
+
 LOGGER = logging.getLogger(__name__)
 
-BOOK_BUILD_ENV = "MECHINTERP_BOOK_BUILD"  # same as exercises_lib.render.BOOK_BUILD_ENV
-STANDIN_BANNER_CLASS = "standin-banner"  # same as exercises_lib.render.STANDIN_BANNER_CLASS
 SOLUTION_TAG = "solution"
 
 HERE = Path(__file__).resolve().parent
@@ -154,7 +154,7 @@ def rewrite_output_html(text: str) -> tuple[str, set[str]]:
         new = _CV_DIV_RE.sub(
             lambda m: f'<div id="{m.group(1)}" class="course-circuitsvis" {m.group(2) or ""}></div>', new
         )
-    if "plotly-graph-div" in new or "course-plotly-figure" in new:
+    if "plotly-graph-div" in new or PLOTLY_FIGURE_CLASS in new:
         needs.add("plotly")
     if WIDGET_VIEW_MIME in new:
         needs.add("widgets")

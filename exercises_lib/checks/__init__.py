@@ -12,6 +12,12 @@ Checks are registered by the chapters' modules in this package
 the student's function on several inputs, some of them not shown in the
 notebook, so an answer that is right only on the visible example fails.
 
+:func:`check` returns a :class:`CheckResult` that is also the function later
+cells should use: the student's when it passed, the course's reference when it
+did not (or was not written yet), so a skipped or wrong exercise never breaks
+the cells after it. Notebooks write ``f = check("module.f", f, model=model)``;
+running that cell again re-checks the student's function, never the reference.
+
 Set ``MECHINTERP_CHECKS_RAISE=1`` (the test suite and the book build do) to
 make a failed check raise :class:`CheckFailed` after printing, so a solution
 notebook with a wrong answer fails nbval.
@@ -25,20 +31,15 @@ import importlib
 import os
 import pkgutil
 import traceback
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
 __all__ = [
-    "Check",
-    "CheckFailed",
-    "CheckResult",
-    "CHECKS",
-    "register_check",
-    "check",
-    "compare",
-    "run_check",
+    "Check", "CheckFailed", "CheckResult", "CHECKS", "register_check", "check", "compare",
+    "course_function", "load_check_modules", "random_pattern", "run_check", "run_with_cache_once",
 ]
 
 
@@ -48,15 +49,41 @@ class CheckFailed(AssertionError):
 
 @dataclass
 class CheckResult:
+    """The verdict of a check, and the function later cells use.
+
+    Attributes:
+        name: the check's name, ``"<module>.<function>"``.
+        passed: whether the student's function passed.
+        message: what the check printed after the verdict.
+        submitted: the student's function (None when no function was given).
+        function: ``submitted`` when it passed, else the course's reference
+            (None when the check does not exist).
+
+    Calling the result calls ``function``, so ``f = check("m.f", f)`` keeps
+    every later ``f(...)`` working, with the student's code when it is right.
+    """
+
     name: str
     passed: bool
     message: str
+    submitted: Callable | None = None
+    function: Callable | None = None
 
     def __bool__(self) -> bool:
         return self.passed
 
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self.function is None:
+            raise RuntimeError(f"check {self.name!r} has no function to run: {self.message}")
+        return self.function(*args, **kwargs)
+
+    @property
+    def __name__(self) -> str:  # e.g. for functools.partial and hook registries
+        return getattr(self.function, "__name__", self.name.rsplit(".", 1)[-1])
+
     def __repr__(self) -> str:
-        return f"CheckResult({self.name!r}, passed={self.passed})"
+        used = "yours" if self.passed else "the course's reference"
+        return f"CheckResult({self.name!r}, passed={self.passed}; calls {used})"
 
     def _ipython_display_(self) -> None:
         """Show nothing: check() has already printed its verdict."""
@@ -120,10 +147,45 @@ def register_check(
     return chk
 
 
-def _load_check_modules() -> None:
+def load_check_modules() -> None:
+    """Import every check module of this package, so that :data:`CHECKS` is complete."""
     for info in pkgutil.iter_modules(__path__):
         if not info.name.startswith("_"):
             importlib.import_module(f"{__name__}.{info.name}")
+
+
+def random_pattern(*shape: int, seed: int, scale: float = 1.0) -> torch.Tensor:
+    """A random causal attention pattern of shape ``[*shape, n]`` with ``n = shape[-1]`` (for check inputs).
+
+    Softmax over the source axis of ``scale`` times standard normal scores,
+    sources after the destination masked: every row sums to 1 over ``i <= n``.
+    """
+    n = shape[-1]
+    scores = scale * torch.randn(*shape, n, generator=torch.Generator().manual_seed(seed))
+    causal = torch.ones(n, n, dtype=torch.bool).tril()
+    return scores.masked_fill(~causal, float("-inf")).softmax(-1)
+
+
+#: Per model: the state of its weights and the runs of check inputs made in that state.
+_RUNS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+@torch.no_grad()
+def run_with_cache_once(model, tokens: torch.Tensor):
+    """``model.run_with_cache(tokens)`` for check inputs, run once per model, tokens and weights.
+
+    The runs are remembered with the state of the model's weights (each
+    parameter's storage and version counter): after ``.to()`` or an edit of a
+    weight, the inputs run again.
+    """
+    state = tuple((p.data_ptr(), p._version) for p in model.parameters())
+    entry = _RUNS.get(model)
+    if entry is None or entry[0] != state:
+        entry = _RUNS[model] = (state, {})
+    key = (tuple(tokens.shape), tuple(tokens.flatten().tolist()))
+    if key not in entry[1]:
+        entry[1][key] = model.run_with_cache(tokens)
+    return entry[1][key]
 
 
 def _describe(x: Any) -> str:
@@ -217,8 +279,32 @@ def _student_error(name: str, err: BaseException) -> str:
 
 
 def run_check(name: str, student_fn: Callable, **context: Any) -> CheckResult:
-    """Run a check and return its result without printing (see :func:`check`)."""
-    _load_check_modules()
+    """Run a check and return its result without printing (see :func:`check`).
+
+    ``student_fn`` may be the result of an earlier check: its ``submitted``
+    function is checked again (never the reference it stood in with).
+    """
+    if isinstance(student_fn, CheckResult):
+        student_fn = student_fn.submitted
+    result = _run_check(name, student_fn, **context)
+    result.submitted = student_fn
+    result.function = student_fn if result.passed else course_function(name)
+    return result
+
+
+def course_function(name: str) -> Callable | None:
+    """The course's function for exercise ``name``: ``exercises_lib.<module>.<function>``
+    (the check's reference when there is no such function; None for an unknown check)."""
+    module, _, function = name.rpartition(".")
+    try:
+        return getattr(importlib.import_module(f"exercises_lib.{module}"), function)
+    except (ImportError, AttributeError, ValueError):
+        chk = CHECKS.get(name)
+        return chk.reference if chk else None
+
+
+def _run_check(name: str, student_fn: Callable, **context: Any) -> CheckResult:
+    load_check_modules()
     if name not in CHECKS:
         return CheckResult(name, False, f"There is no check called {name!r}. Known checks: {sorted(CHECKS)}")
     chk = CHECKS[name]
@@ -290,15 +376,25 @@ def check(name: str, student_fn: Callable, **context: Any) -> CheckResult:
     """Check ``student_fn`` against the reference of exercise ``name``; print the verdict.
 
     Context (e.g. ``model=model``) is passed to the check's input builder.
-    Returns a :class:`CheckResult` (truthy when passed).
+    Returns a :class:`CheckResult`: truthy when passed, and callable: it runs
+    the student's function when it passed, the course's reference otherwise
+    (one printed line says which). Write ``f = check("module.f", f, ...)`` and
+    use ``f`` in later cells.
     """
     try:
         result = run_check(name, student_fn, **context)
     except Exception as err:  # a bug of ours: say so plainly, still no traceback
-        result = CheckResult(name, False, f"The check itself failed ({type(err).__name__}: {err}). Please report this.")
+        submitted = student_fn.submitted if isinstance(student_fn, CheckResult) else student_fn
+        result = CheckResult(name, False, f"The check itself failed ({type(err).__name__}: {err}). Please report this.",
+                             submitted, course_function(name))
     mark = "\u2714" if result.passed else "\u2718"
     text = f"{mark} {name}: {'passed' if result.passed else 'not yet'} - {result.message}"
     print(text)
+    fn_name = name.rsplit(".", 1)[-1]
+    if result.passed:
+        print(f"  Later cells use your {fn_name}.")
+    elif result.function is not None:
+        print(f"  Later cells use the course's {fn_name} until yours passes (edit it, then run this cell again).")
     _log_for_grader(result)
     if not result.passed and os.environ.get("MECHINTERP_CHECKS_RAISE"):
         raise CheckFailed(text)

@@ -12,7 +12,8 @@ import math
 import torch
 
 from exercises_lib import contextual as cx
-from exercises_lib.checks import register_check
+from exercises_lib.checks import random_pattern, register_check
+from exercises_lib.layernorm import ln_scale
 from exercises_lib.texts import load_text
 
 MODEL = "gpt2-small"
@@ -36,7 +37,7 @@ def _positional_variant(model, dest_token, n_ctx, *, ln=True, bias=True, sqrt=Tr
     w = cx.layer0_weights(model)
     E, P = model.W_E.detach()[dest_token], model.W_pos.detach()[:n_ctx]
     x = E[None] + P
-    s = cx.ln_scale(x, model.cfg.eps)[:, None] if ln else torch.ones(n_ctx, 1, device=x.device)
+    s = ln_scale(x, model.cfg.eps)[:, None] if ln else torch.ones(n_ctx, 1, device=x.device)
     q = torch.einsum("pd,hde->hpe", s * x, w["W_Q"]) + (w["b_Q"][:, None] if bias else 0)
     key_in = s * x if content else s * P
     k = torch.einsum("pd,hde->hpe", key_in, w["W_K"]) + (w["b_K"][:, None] if bias else 0)
@@ -148,19 +149,13 @@ register_check(
 # ---------------------------------------------------------------------------
 
 
-def _random_patterns(seed, heads, n, scale):
-    g = torch.Generator().manual_seed(seed)
-    scores = scale * torch.randn(heads, n, n, generator=g)
-    return scores.masked_fill(~_causal(n, "cpu"), float("-inf")).softmax(-1)
-
-
 def _features_cases(model):
     the = _tok(model, " the")
     pi = cx.positional_pattern(model, the, 260)
     return [
         {"pi": pi, "n_min": 200},
-        {"pi": _random_patterns(1, 3, 40, 3.0), "n_min": 10},
-        {"pi": _random_patterns(2, 2, 25, 0.5), "n_min": 4},
+        {"pi": random_pattern(3, 40, seed=1, scale=3.0), "n_min": 10},
+        {"pi": random_pattern(2, 25, seed=2, scale=0.5), "n_min": 4},
     ]
 
 
@@ -276,18 +271,18 @@ def _Z_cases(model):
     return [
         {"model": model, "tokens": toks("bible_genesis", 120), "dest_token": _tok(model, " the")},
         {"model": model, "tokens": toks("legal_gpl3", 45), "dest_token": _tok(model, " of")},
-        {"model": model, "tokens": toks("fiction", 30), "dest_token": _tok(model, " the")},
+        {"model": model, "tokens": toks("fiction", 30), "dest_token": _tok(model, " the"), "neutral": (0,)},
     ]
 
 
-def _Z_variant(model, tokens, dest_token, *, real_dest=False, ln=True, plain_mean=False):
+def _Z_variant(model, tokens, dest_token, neutral=(), *, real_dest=False, ln=True, plain_mean=False, use_neutral=True):
     n = tokens.shape[-1]
     w = cx.layer0_weights(model)
     E, P = model.W_E.detach()[tokens], model.W_pos.detach()[:n]
     ones = torch.ones(n, 1, device=E.device)
-    s = cx.ln_scale(E + P, model.cfg.eps)[:, None] if ln else ones
+    s = ln_scale(E + P, model.cfg.eps)[:, None] if ln else ones
     x_dest = (E if real_dest else model.W_E.detach()[dest_token][None]) + P
-    s_dest = cx.ln_scale(x_dest, model.cfg.eps)[:, None] if ln else ones
+    s_dest = ln_scale(x_dest, model.cfg.eps)[:, None] if ln else ones
     q = torch.einsum("pd,hde->hpe", s_dest * x_dest, w["W_Q"]) + w["b_Q"][:, None]
     k_tok = torch.einsum("pd,hde->hpe", s * E, w["W_K"])
     k_pos = torch.einsum("pd,hde->hpe", s * P, w["W_K"]) + w["b_K"][:, None]
@@ -295,6 +290,8 @@ def _Z_variant(model, tokens, dest_token, *, real_dest=False, ln=True, plain_mea
     mask = _causal(n, q.device)
     pos = (torch.einsum("hne,hie->hni", q, k_pos) / d).masked_fill(~mask, float("-inf"))
     tok = torch.einsum("hne,hie->hni", q, k_tok) / d
+    if use_neutral:
+        tok[:, :, list(neutral)] = 0.0
     if plain_mean:
         return (tok.exp() * mask).sum(-1) / mask.sum(-1)
     return (torch.logsumexp(pos + tok, -1) - torch.logsumexp(pos, -1)).exp()
@@ -311,10 +308,11 @@ register_check(
     hint=(
         "Queries from E[dest_token] + P[n] (LayerNormed) at every position; keys from the real tokens, split into "
         "s_i E[t_i] W_K and s_i P[i] W_K + b_K; Z_n = sum_{i<=n} exp(full score) / sum_{i<=n} exp(positional score) "
-        "(use logsumexp for stability)."
+        "(use logsumexp for stability). Content scores of the `neutral` source positions are 0."
     ),
     mistakes={
         "the query of the real destination token, not of dest_token": lambda **kw: _Z_variant(**kw, real_dest=True),
+        "the `neutral` positions ignored (their content score must be 0)": lambda **kw: _Z_variant(**kw, use_neutral=False),
         "the LayerNorm scale left out": lambda **kw: _Z_variant(**kw, ln=False),
         "a plain mean of c over the sources, without the positional pattern": lambda **kw: _Z_variant(**kw, plain_mean=True),
     },
@@ -324,8 +322,8 @@ register_check(
 def _variance_cases():
     g = torch.Generator().manual_seed(4)
     return [
-        {"pi": _random_patterns(5, 12, 50, 1.0), "c_values": torch.rand(12, 300, generator=g) * 3},
-        {"pi": _random_patterns(6, 3, 17, 2.0), "c_values": torch.randn(3, 40, generator=g).exp()},
+        {"pi": random_pattern(12, 50, seed=5, scale=1.0), "c_values": torch.rand(12, 300, generator=g) * 3},
+        {"pi": random_pattern(3, 17, seed=6, scale=2.0), "c_values": torch.randn(3, 40, generator=g).exp()},
     ]
 
 
@@ -468,7 +466,7 @@ def _bag_cases():
         return {
             "T": torch.randn(heads, vocab, generator=g),
             "tokens": torch.randint(0, vocab, (n,), generator=g),
-            "pi": _random_patterns(int(torch.randint(0, 99, (1,), generator=g)), heads, n_ctx, 1.0),
+            "pi": random_pattern(heads, n_ctx, seed=int(torch.randint(0, 99, (1,), generator=g))),
             "Z": torch.rand(heads, n_ctx, generator=g) + 0.5,
         }
 

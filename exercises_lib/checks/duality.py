@@ -11,14 +11,11 @@ Taught in: chapter 4 (the duality circuit).
 
 from __future__ import annotations
 
-import weakref
-
 import torch
-from torch import Tensor
 
 from exercises_lib import duality as D
-from exercises_lib import patching as P
-from exercises_lib.checks import register_check
+from exercises_lib.checks import random_pattern, register_check
+from exercises_lib.checks import run_with_cache_once as _run
 
 MODEL = "gpt2-small"
 
@@ -26,20 +23,6 @@ MODEL = "gpt2-small"
 # ---------------------------------------------------------------------------
 # Inputs shared by the checks
 # ---------------------------------------------------------------------------
-
-
-#: Forward passes of the check inputs, per model (the inputs are the same every
-#: time a check runs, so each model runs each prompt batch once).
-_RUNS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-
-
-@torch.no_grad()
-def _run(model, tokens: Tensor):
-    runs = _RUNS.setdefault(model, {})
-    key = (tuple(tokens.shape), tuple(tokens.flatten().tolist()))
-    if key not in runs:
-        runs[key] = model.run_with_cache(tokens)
-    return runs[key]
 
 
 def _left_right(model):
@@ -195,7 +178,7 @@ def _dla_first_position(cache, directions):
 
 register_check(
     "duality.head_logit_attribution",
-    reference=lambda cache, directions: D.head_logit_attribution(cache, directions),
+    reference=D.head_logit_attribution,
     cases=_cases_with_cache,
     hint=(
         "cache.stack_head_results(layer=-1, pos_slice=-1) gives every head's output at the last position "
@@ -218,20 +201,13 @@ register_check(
 # ---------------------------------------------------------------------------
 
 
-def _random_pattern(batch: int, heads: int, seq: int, seed: int) -> Tensor:
-    g = _generator(seed)
-    scores = torch.randn(batch, heads, seq, seq, generator=g)
-    mask = torch.triu(torch.ones(seq, seq, dtype=torch.bool), 1)
-    return scores.masked_fill(mask, float("-inf")).softmax(-1)
-
-
 def _cases_attention(model):
     ps = _left_right(model)
     _, cache = _run(model, ps.clean_tokens)
     return [
         dict(pattern=cache["blocks.6.attn.hook_pattern"], head=1, dual_pos=ps.dual_pos),
-        dict(pattern=_random_pattern(3, 4, 9, 2), head=2, dual_pos=4),
-        dict(pattern=_random_pattern(2, 12, 6, 3), head=11, dual_pos=1),
+        dict(pattern=random_pattern(3, 4, 9, seed=2), head=2, dual_pos=4),
+        dict(pattern=random_pattern(2, 12, 6, seed=3), head=11, dual_pos=1),
     ]
 
 
@@ -266,7 +242,7 @@ def _cases_normalise(**_):
 
 register_check(
     "duality.normalise",
-    reference=P.normalise,
+    reference=D.normalise,
     cases=_cases_normalise,
     hint="(metric - corrupt) / (clean - corrupt): the corrupted value maps to 0 and the clean value to 1.",
     mistakes={
@@ -283,41 +259,6 @@ register_check(
 # ---------------------------------------------------------------------------
 # 4.7 / 4.8 patching one residual site
 # ---------------------------------------------------------------------------
-
-
-@torch.no_grad()
-def patch_resid_pre_reference(model, target_tokens, source_cache, layer: int, pos: int, metric) -> Tensor:
-    """Metric of the target run with ``resid_pre[layer][:, pos]`` from the source cache."""
-    source = source_cache[f"blocks.{layer}.hook_resid_pre"]
-
-    def hook(act, hook):
-        act = act.clone()
-        act[:, pos] = source[:, pos]
-        return act
-
-    logits = model.run_with_hooks(target_tokens, fwd_hooks=[(f"blocks.{layer}.hook_resid_pre", hook)])
-    return metric(logits)
-
-
-@torch.no_grad()
-def patch_resid_mid_reference(model, target_tokens, source_cache, layer: int, pos: int, metric) -> Tensor:
-    """Metric of the target run with the residual stream after attention layer ``layer``
-    (``resid_mid``) at ``pos`` from the source cache, written through ``hook_attn_out``."""
-    source = source_cache[f"blocks.{layer}.hook_resid_mid"]
-    store = {}
-
-    def capture(act, hook):
-        store["pre"] = act
-        return act
-
-    def write(act, hook):
-        act = act.clone()
-        act[:, pos] = source[:, pos] - store["pre"][:, pos]
-        return act
-
-    logits = model.run_with_hooks(target_tokens, fwd_hooks=[
-        (f"blocks.{layer}.hook_resid_pre", capture), (f"blocks.{layer}.hook_attn_out", write)])
-    return metric(logits)
 
 
 def _patch_cases(model, specs):
@@ -363,38 +304,29 @@ def _patch_every_position(model, target_tokens, source_cache, layer, pos, metric
 
 def _patch_other_position(model, target_tokens, source_cache, layer, pos, metric):
     other = (pos - 1) % target_tokens.shape[1]
-    return patch_resid_pre_reference(model, target_tokens, source_cache, layer, other, metric)
+    return D.patch_resid_pre(model, target_tokens, source_cache, layer, other, metric)
 
 
-@torch.no_grad()
-def _patch_resid_post(model, target_tokens, source_cache, layer, pos, metric):
-    name = f"blocks.{layer}.hook_resid_post"
-    source = source_cache[name]
+def _patched_at(name_format: str):
+    """A mistake: the exercise's patch of position ``pos``, written to another hook (``name_format``)."""
 
-    def hook(act, hook):
-        act = act.clone()
-        act[:, pos] = source[:, pos]
-        return act
+    @torch.no_grad()
+    def wrong(model, target_tokens, source_cache, layer, pos, metric):
+        name = name_format.format(layer=layer)
+        at_pos = torch.arange(target_tokens.shape[1], device=target_tokens.device)[None, :, None] == pos
+        hook = lambda act, hook: torch.where(at_pos, source_cache[name], act)  # noqa: E731
+        return metric(model.run_with_hooks(target_tokens, fwd_hooks=[(name, hook)]))
 
-    return metric(model.run_with_hooks(target_tokens, fwd_hooks=[(name, hook)]))
+    return wrong
 
 
-@torch.no_grad()
-def _write_ln2_input(model, target_tokens, source_cache, layer, pos, metric):
-    name = f"blocks.{layer}.hook_resid_mid"
-    source = source_cache[name]
-
-    def hook(act, hook):
-        act = act.clone()
-        act[:, pos] = source[:, pos]
-        return act
-
-    return metric(model.run_with_hooks(target_tokens, fwd_hooks=[(name, hook)]))
+_patch_resid_post = _patched_at("blocks.{layer}.hook_resid_post")
+_write_ln2_input = _patched_at("blocks.{layer}.hook_resid_mid")
 
 
 register_check(
     "duality.patch_resid_pre",
-    reference=patch_resid_pre_reference,
+    reference=D.patch_resid_pre,
     cases=_cases_resid_pre,
     hint=(
         "a hook on f'blocks.{layer}.hook_resid_pre' that clones the activation, copies "
@@ -413,7 +345,7 @@ register_check(
 
 register_check(
     "duality.patch_resid_mid",
-    reference=patch_resid_mid_reference,
+    reference=D.patch_resid_mid,
     cases=_cases_resid_mid,
     hint=(
         "hook_resid_mid is only the MLP's input in the bridge. Capture the current resid_pre of the layer with "
@@ -422,7 +354,7 @@ register_check(
     mistakes={
         "the value was written to hook_resid_mid, which in the bridge is only the MLP's input "
         "(ln2.hook_in): the residual stream that flows on is unchanged": _write_ln2_input,
-        "resid_pre was patched instead of resid_mid": patch_resid_pre_reference,
+        "resid_pre was patched instead of resid_mid": D.patch_resid_pre,
     },
     atol=1e-3,
     needs=("model",),
@@ -433,14 +365,6 @@ register_check(
 # ---------------------------------------------------------------------------
 # 4.9 batched patching: each row at its own site
 # ---------------------------------------------------------------------------
-
-
-def patch_rows_reference(act: Tensor, source: Tensor, prompt_of_row: Tensor, position_of_row: Tensor) -> Tensor:
-    """``act[r, position_of_row[r]] = source[prompt_of_row[r], position_of_row[r]]`` for every row r."""
-    out = act.clone()
-    rows = torch.arange(act.shape[0], device=act.device)
-    out[rows, position_of_row] = source[prompt_of_row, position_of_row]
-    return out
 
 
 def _cases_patch_rows(**_):
@@ -462,16 +386,16 @@ def _rows_all_positions(act, source, prompt_of_row, position_of_row):
 
 
 def _rows_first_position(act, source, prompt_of_row, position_of_row):
-    return patch_rows_reference(act, source, prompt_of_row, torch.full_like(position_of_row, int(position_of_row[0])))
+    return D.patch_rows(act, source, prompt_of_row, torch.full_like(position_of_row, int(position_of_row[0])))
 
 
 def _rows_wrong_prompt(act, source, prompt_of_row, position_of_row):
-    return patch_rows_reference(act, source, torch.zeros_like(prompt_of_row), position_of_row)
+    return D.patch_rows(act, source, torch.zeros_like(prompt_of_row), position_of_row)
 
 
 register_check(
     "duality.patch_rows",
-    reference=patch_rows_reference,
+    reference=D.patch_rows,
     cases=_cases_patch_rows,
     hint="advanced indexing: rows = torch.arange(n_rows); out[rows, position_of_row] = source[prompt_of_row, position_of_row].",
     mistakes={
@@ -485,13 +409,6 @@ register_check(
 # ---------------------------------------------------------------------------
 # 4.10 patching one head
 # ---------------------------------------------------------------------------
-
-
-def patch_head_z_reference(z: Tensor, source_z: Tensor, head: int) -> Tensor:
-    """``z`` with head ``head`` replaced by ``source_z``'s at every position ([batch, pos, head, d_head])."""
-    out = z.clone()
-    out[:, :, head] = source_z[:, :, head]
-    return out
 
 
 def _cases_head_z(**_):
@@ -511,7 +428,7 @@ def _head_on_pos_axis(z, source_z, head):
 
 register_check(
     "duality.patch_head_z",
-    reference=patch_head_z_reference,
+    reference=D.patch_head_z,
     cases=_cases_head_z,
     hint="hook_z is [batch, pos, head, d_head]: replace [:, :, head] (every position) and keep the other heads.",
     mistakes={
@@ -524,11 +441,6 @@ register_check(
 # ---------------------------------------------------------------------------
 # 4.11 a head's change of output (path patching's sender)
 # ---------------------------------------------------------------------------
-
-
-def head_output_delta_reference(model, source_cache, target_cache, layer: int, head: int) -> Tensor:
-    """``(z_source - z_target)[:, :, head] @ W_O[layer, head]``: [batch, pos, d_model]."""
-    return P.head_output(model, source_cache, layer, head) - P.head_output(model, target_cache, layer, head)
 
 
 def _cases_delta(model):
@@ -549,12 +461,12 @@ def _delta_all_heads(model, source_cache, target_cache, layer, head):
 
 register_check(
     "duality.head_output_delta",
-    reference=head_output_delta_reference,
+    reference=D.head_output_delta,
     cases=_cases_delta,
     hint="z = cache[f'blocks.{layer}.attn.hook_z'][:, :, head] for each run; (z_source - z_target) @ model.W_O[layer, head].",
     mistakes={
         "source and target are swapped (the sign is flipped)":
-            lambda model, source_cache, target_cache, layer, head: -head_output_delta_reference(model, source_cache, target_cache, layer, head),
+            lambda model, source_cache, target_cache, layer, head: -D.head_output_delta(model, source_cache, target_cache, layer, head),
         "the change of every head of the layer, summed": _delta_all_heads,
     },
     atol=1e-3,

@@ -14,19 +14,13 @@ import math
 import torch
 
 from exercises_lib import duplicate_tokens as dt
-from exercises_lib.checks import register_check
+from exercises_lib.checks import random_pattern, register_check
 
 MODEL = "gpt2-small"
 
 
 def _gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
-
-
-def _causal_pattern(batch_shape: tuple, pos: int, seed: int, device="cpu") -> torch.Tensor:
-    scores = torch.randn(*batch_shape, pos, pos, generator=_gen(seed)) * 2
-    mask = torch.ones(pos, pos, dtype=torch.bool).tril()
-    return scores.masked_fill(~mask, float("-inf")).softmax(-1).to(device)
 
 
 def _rep_tokens(batch: int, half: int, seed: int) -> torch.Tensor:
@@ -47,9 +41,9 @@ def _texty_tokens(batch: int, pos: int, vocab: int, seed: int) -> torch.Tensor:
 
 def _score_cases(**_):
     return [
-        {"pattern": _causal_pattern((2, 4), 21, 0), "tokens": _rep_tokens(2, 10, 0)},
-        {"pattern": _causal_pattern((3, 12), 40, 1), "tokens": _texty_tokens(3, 40, 15, 1)},
-        {"pattern": _causal_pattern((1, 5), 33, 2), "tokens": _texty_tokens(1, 33, 8, 2)},
+        {"pattern": random_pattern(2, 4, 21, seed=0, scale=2.0), "tokens": _rep_tokens(2, 10, 0)},
+        {"pattern": random_pattern(3, 12, 40, seed=1, scale=2.0), "tokens": _texty_tokens(3, 40, 15, 1)},
+        {"pattern": random_pattern(1, 5, 33, seed=2, scale=2.0), "tokens": _texty_tokens(1, 33, 8, 2)},
     ]
 
 
@@ -172,7 +166,7 @@ def _parts_cases(model=None, **_):
     out = []
     for k, (pos, head) in enumerate([(30, 5), (45, 1), (12, 7)]):
         tokens = _texty_tokens(1, pos, 30, 10 + k)[0].to(dev)
-        pattern = _causal_pattern((), pos, 20 + k, dev)
+        pattern = random_pattern(pos, seed=20 + k, scale=2.0).to(dev)
         ln_scale = (4 + 3 * torch.rand(pos, generator=_gen(30 + k))).to(dev)
         out.append({"model": model, "tokens": tokens, "pattern": pattern, "head": head, "ln_scale": ln_scale})
     return out
@@ -300,7 +294,7 @@ def _contrib_cases(model=None, **_):
         out.append(
             {
                 "model": model,
-                "pattern": _causal_pattern((H,), pos, 50 + k, dev),
+                "pattern": random_pattern(H, pos, seed=50 + k, scale=2.0).to(dev),
                 "ln1_scale": (4 + 3 * torch.rand(pos, generator=_gen(60 + k))).to(dev),
                 "ln2_scale": (3 + 2 * torch.rand(pos, generator=_gen(70 + k))).to(dev),
                 "neuron": neuron,
@@ -410,7 +404,7 @@ def _predict_cases(model=None, **_):
 
 def _predict_no_direct(model, tokens, neuron, duplicate_head, uniform_heads, ln1_scale, ln2_scale):
     full = dt.predict_neuron_pre(model, tokens, neuron, duplicate_head, uniform_heads, ln1_scale, ln2_scale)
-    direct = model.W_pos[: tokens.shape[-1]] @ model.W_in[dt.LAYER][:, neuron]
+    direct = model.W_pos[: tokens.shape[-1]] @ model.W_in[0][:, neuron]
     return full - ln2_scale * direct
 
 
@@ -420,7 +414,7 @@ def _predict_dup_as_current(model, tokens, neuron, duplicate_head, uniform_heads
 
 def _predict_no_bias(model, tokens, neuron, duplicate_head, uniform_heads, ln1_scale, ln2_scale):
     full = dt.predict_neuron_pre(model, tokens, neuron, duplicate_head, uniform_heads, ln1_scale, ln2_scale)
-    return full - model.b_in[dt.LAYER, neuron]
+    return full - model.b_in[0, neuron]
 
 
 register_check(

@@ -12,15 +12,12 @@ Taught in: chapter 5 (LayerNorm and patching).
 from __future__ import annotations
 
 import types
-import weakref
 
 import torch
 from torch import Tensor
 
 from exercises_lib import layernorm as LN
-from exercises_lib.checks import register_check
-
-_RUNS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+from exercises_lib.checks import register_check, run_with_cache_once
 
 PROMPT = "The red hat sat on the dog, so the answer is"
 OTHER_PROMPT = "My blue car and your cat met in the old town, so the answer is"
@@ -30,12 +27,8 @@ def _g(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-@torch.no_grad()
 def _cache(model, text: str):
-    runs = _RUNS.setdefault(model, {})
-    if text not in runs:
-        runs[text] = model.run_with_cache(model.to_tokens(text))[1]
-    return runs[text]
+    return run_with_cache_once(model, model.to_tokens(text))[1]
 
 
 # ---------------------------------------------------------------------------
@@ -48,36 +41,41 @@ def _cases_ln_scale(model):
     other = _cache(model, OTHER_PROMPT)
     g = _g(1)
     return [
-        dict(resid=cache["blocks.3.hook_resid_pre"]),
-        dict(resid=other["blocks.11.hook_resid_mid"]),
-        dict(resid=cache["blocks.0.hook_resid_pre"][0]),  # no batch axis
-        dict(resid=1e-3 * torch.randn(2, 5, 16, generator=g) + 0.4),  # epsilon matters here
-        dict(resid=torch.randn(3, 7, 32, generator=g) * 5 + 2, eps=0.1),
+        dict(x=cache["blocks.3.hook_resid_pre"]),
+        dict(x=other["blocks.11.hook_resid_mid"]),
+        dict(x=cache["blocks.0.hook_resid_pre"][0]),  # no batch axis
+        dict(x=1e-3 * torch.randn(2, 5, 16, generator=g) + 0.4),  # epsilon matters here
+        dict(x=torch.randn(3, 7, 32, generator=g) * 5 + 2, eps=0.1),
     ]
 
 
-def _scale_no_centring(resid, eps=LN.EPS):
-    return (resid.pow(2).mean(-1, keepdim=True) + eps).sqrt()
+def _scale_divisor(x, eps=LN.EPS):
+    return (x.var(-1, unbiased=False) + eps).sqrt()
 
 
-def _scale_unbiased(resid, eps=LN.EPS):
-    return (resid.var(-1, unbiased=True, keepdim=True) + eps).sqrt()
+def _scale_no_centring(x, eps=LN.EPS):
+    return (x.pow(2).mean(-1) + eps).rsqrt()
 
 
-def _scale_eps_outside(resid, eps=LN.EPS):
-    return resid.var(-1, unbiased=False, keepdim=True).sqrt() + eps
+def _scale_unbiased(x, eps=LN.EPS):
+    return (x.var(-1, unbiased=True) + eps).rsqrt()
 
 
-def _scale_no_eps(resid, eps=LN.EPS):
-    return resid.var(-1, unbiased=False, keepdim=True).sqrt()
+def _scale_eps_outside(x, eps=LN.EPS):
+    return 1 / (x.var(-1, unbiased=False).sqrt() + eps)
+
+
+def _scale_no_eps(x, eps=LN.EPS):
+    return x.var(-1, unbiased=False).rsqrt()
 
 
 register_check(
     "layernorm.ln_scale",
     reference=LN.ln_scale,
     cases=_cases_ln_scale,
-    hint="centre over d_model, take the mean of the squares (divide by d_model, not d_model - 1), add eps, then the square root; keep the last axis (keepdim=True).",
+    hint="centre over d_model, take the mean of the squares (divide by d_model, not d_model - 1), add eps, then one over the square root: one value per vector.",
     mistakes={
+        "the divisor sqrt(var + eps) (TransformerLens's hook_scale) instead of the multiplier, its inverse": _scale_divisor,
         "the residual stream is not centred before squaring (an RMS, not a LayerNorm)": _scale_no_centring,
         "the variance divides by d_model - 1 (torch's unbiased default)": _scale_unbiased,
         "eps is added outside the square root": _scale_eps_outside,
@@ -368,12 +366,14 @@ def _cases_logits(model, hf_model):
     t0 = model.to_tokens(PROMPT)
     t1 = model.to_tokens([PROMPT, PROMPT.replace("red", "blue")])
     t2 = model.to_tokens(OTHER_PROMPT)
+    with torch.no_grad():  # the last position's two most likely tokens
+        (first, second), (top, _) = hf_model(t2).logits[0, -1].topk(2)
     return [
         dict(model=model, hf_model=hf_model, tokens=t0),
-        # A large offset at the last position first: a last-position-only answer passes
-        # it, while the mean and the probabilities fail it with values of their own;
-        # then an offset at an earlier position.
-        dict(model=model, hf_model=_OffsetLogits(hf_model, -1, 7, 12.0), tokens=t2),
+        # A large offset at the last position first, which makes the most likely token
+        # unlikely: a last-position-only answer passes it, while the mean and the
+        # probabilities fail it with values of their own; then an offset at an earlier position.
+        dict(model=model, hf_model=_OffsetLogits(hf_model, -1, int(top), -float(first - second) - 5.0), tokens=t2),
         dict(model=model, hf_model=_OffsetLogits(hf_model, 3, 1000, -0.75), tokens=t1),
     ]
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import torch
 
+from exercises_lib import code_prompts
 from exercises_lib import polysemantic as P
-from exercises_lib.checks import register_check
+from exercises_lib.checks import random_pattern, register_check
 
 # ---------------------------------------------------------------------------
 # indentation_depths
@@ -20,11 +21,15 @@ def _depth_cases(**_):
     return [{"str_tokens": _GPT2_STYLE}, {"str_tokens": _NEOX_STYLE}, {"str_tokens": _MIXED}]
 
 
+def _width(whitespace: str) -> int:
+    return whitespace.count(" ") + 4 * whitespace.count("\t")
+
+
 def _depths_only_newline_tokens(str_tokens):
     out = []
     for s in str_tokens:
         if s and s.strip(" \t\r\n") == "" and "\n" in s:
-            out.append(P._width(s.rsplit("\n", 1)[1]))
+            out.append(_width(s.rsplit("\n", 1)[1]))
         else:
             out.append(-1)
     return out
@@ -34,7 +39,7 @@ def _depths_any_whitespace(str_tokens):
     depths, depth = [], 0
     for s in str_tokens:
         if s and s.strip(" \t\r\n") == "":
-            depth = P._width(s.rsplit("\n", 1)[1]) if "\n" in s else depth + P._width(s)
+            depth = _width(s.rsplit("\n", 1)[1]) if "\n" in s else depth + _width(s)
             depths.append(depth)
         else:
             depth = 0
@@ -44,7 +49,7 @@ def _depths_any_whitespace(str_tokens):
 
 def _depths_whole_token(str_tokens):
     out = P.indentation_depths(str_tokens)
-    return [P._width(s) if d >= 0 and "\n" in s else d for s, d in zip(str_tokens, out)]
+    return [_width(s) if d >= 0 and "\n" in s else d for s, d in zip(str_tokens, out)]
 
 
 register_check(
@@ -116,13 +121,6 @@ register_check(
 # ---------------------------------------------------------------------------
 
 
-def _random_pattern(g, *shape):
-    n = shape[-1]
-    scores = 2 * torch.randn(*shape, generator=g)
-    causal = torch.tril(torch.ones(n, n, dtype=torch.bool))
-    return scores.masked_fill(~causal, float("-inf")).softmax(-1)
-
-
 def _masses_cases(**_):
     g = torch.Generator().manual_seed(2)
     toks = ["<|endoftext|>", "def", " f", "():", "\n", " ", " ", " ", " if", " x", ":", "\n", " ", " ", " ", " ", " ", " ", " ", " f", "():", "\n", " ", " ", " "]
@@ -133,9 +131,9 @@ def _masses_cases(**_):
     ids3 = torch.randint(0, 4, (14,), generator=g)
     depths3 = torch.randint(-1, 5, (14,), generator=g)
     return [
-        {"pattern": _random_pattern(g, len(toks), len(toks)), "tokens": ids, "depths": depths},
-        {"pattern": _random_pattern(g, 3, 12, 12), "tokens": ids2, "depths": torch.tensor(P.indentation_depths(neox))},
-        {"pattern": _random_pattern(g, 2, 3, 14, 14), "tokens": ids3, "depths": depths3},
+        {"pattern": random_pattern(len(toks), seed=20, scale=2.0), "tokens": ids, "depths": depths},
+        {"pattern": random_pattern(3, 12, seed=21, scale=2.0), "tokens": ids2, "depths": torch.tensor(P.indentation_depths(neox))},
+        {"pattern": random_pattern(2, 3, 14, seed=22, scale=2.0), "tokens": ids3, "depths": depths3},
     ]
 
 
@@ -287,9 +285,9 @@ register_check(
 
 def _prompt_cases(model, **_):
     return [
-        {"model": model, "texts": P.induction_texts(model, n=4, seed=0)},
-        {"model": model, "texts": P.previous_texts(model, n=3, seed=1)},
-        {"model": model, "texts": P.indentation_texts(model, n=2, seed=2)},
+        {"model": model, "texts": code_prompts.induction_texts(model, n=4, seed=0)},
+        {"model": model, "texts": code_prompts.previous_texts(model, n=3, seed=1)},
+        {"model": model, "texts": code_prompts.indentation_texts(model, n=2, seed=2)},
     ]
 
 
@@ -328,11 +326,10 @@ register_check(
 
 
 def _hook_cases(**_):
-    g = torch.Generator().manual_seed(5)
     cases = [
-        {"pattern": _random_pattern(g, 2, 4, 8, 8), "hook": None, "head": 1, "dest_positions": 7},
-        {"pattern": _random_pattern(g, 5, 3, 9, 9), "hook": None, "head": 2, "dest_positions": torch.tensor([8, 3, 0, 5, 8])},
-        {"pattern": _random_pattern(g, 3, 6, 6, 6), "hook": None, "head": 0, "dest_positions": torch.tensor([5, 1, 2])},
+        {"pattern": random_pattern(2, 4, 8, seed=50, scale=2.0), "hook": None, "head": 1, "dest_positions": 7},
+        {"pattern": random_pattern(5, 3, 9, seed=51, scale=2.0), "hook": None, "head": 2, "dest_positions": torch.tensor([8, 3, 0, 5, 8])},
+        {"pattern": random_pattern(3, 6, 6, seed=52, scale=2.0), "hook": None, "head": 0, "dest_positions": torch.tensor([5, 1, 2])},
     ]
     for case in cases:  # the hook may work in place: keep a copy of the input for the diagnoses
         case["pattern"]._original = case["pattern"].clone()
@@ -413,8 +410,11 @@ register_check(
 
 
 def _prompt_sets(model, seed, sizes):
-    sets = P.make_prompt_sets(model, sizes=sizes, seed=seed)
-    return sets
+    return code_prompts.make_prompt_sets(model, sizes=sizes, seed=seed)
+
+
+def _ablated_hooks(layer, head, dest_positions):
+    return [(f"blocks.{layer}.attn.hook_pattern", lambda p, hook: P.bos_ablation_hook(p, hook, head, dest_positions))]
 
 
 def _table_model_cases(model, **_):
@@ -430,7 +430,7 @@ def _table_model_cases(model, **_):
 def _cva_wrong_position(model, tokens, answers, layer, head):
     out = torch.zeros(2, 2)
     dest = tokens.shape[1] - 1
-    for i, hooks in enumerate([[], P._ablated_hooks(layer, head, dest)]):
+    for i, hooks in enumerate([[], _ablated_hooks(layer, head, dest)]):
         correct, p = P._answer_probs(P.logits_at(model, tokens, dest - 1, hooks), answers)
         out[i, 0], out[i, 1] = correct.mean(), p.mean()
     return out
@@ -439,7 +439,7 @@ def _cva_wrong_position(model, tokens, answers, layer, head):
 def _cva_ablate_previous_position(model, tokens, answers, layer, head):
     out = torch.zeros(2, 2)
     dest = tokens.shape[1] - 1
-    for i, hooks in enumerate([[], P._ablated_hooks(layer, head, dest - 1)]):
+    for i, hooks in enumerate([[], _ablated_hooks(layer, head, dest - 1)]):
         correct, p = P._answer_probs(P.logits_at(model, tokens, dest, hooks), answers)
         out[i, 0], out[i, 1] = correct.mean(), p.mean()
     return out
@@ -448,7 +448,7 @@ def _cva_ablate_previous_position(model, tokens, answers, layer, head):
 def _cva_logits(model, tokens, answers, layer, head):
     out = torch.zeros(2, 2)
     dest = tokens.shape[1] - 1
-    for i, hooks in enumerate([[], P._ablated_hooks(layer, head, dest)]):
+    for i, hooks in enumerate([[], _ablated_hooks(layer, head, dest)]):
         logits = P.logits_at(model, tokens, dest, hooks)
         out[i, 0] = (logits.argmax(-1) == answers).float().mean()
         out[i, 1] = logits[torch.arange(len(answers)), answers].mean()
@@ -500,7 +500,7 @@ def _sweep_logprob(model, tokens, answers, layer, head, batch_size=512):
     clean = P.logits_at(model, tokens, seq - 1).log_softmax(-1)[rows, answers]
     drops = []
     for j in range(seq):
-        abl = P.logits_at(model, tokens, seq - 1, P._ablated_hooks(layer, head, j)).log_softmax(-1)[rows, answers]
+        abl = P.logits_at(model, tokens, seq - 1, _ablated_hooks(layer, head, j)).log_softmax(-1)[rows, answers]
         drops.append((clean - abl).mean())
     return torch.stack(drops)
 

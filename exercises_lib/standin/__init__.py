@@ -42,6 +42,8 @@ from typing import Callable, Iterable, Mapping
 import torch
 from torch import Tensor
 
+from exercises_lib.vocab import single_token_id
+
 __all__ = [
     "STANDIN_CONFIGS",
     "PLANTS",
@@ -52,6 +54,7 @@ __all__ = [
     "base_weights",
     "build_standin_weights",
     "plants_for",
+    "typical_ln_scale",
 ]
 
 #: Configurations of the stand-ins: the real models' shapes.
@@ -74,6 +77,15 @@ N_FREQUENCIES = 30  # sinusoid pairs in the positional embedding
 POS_NORM = 3.35  # |W_pos[i]| for i > 100, as in GPT-2 small
 TOKEN_NORM = 3.6  # mean |W_E[t]|
 TOKEN_NORM_SPREAD = 0.10  # relative spread of |W_E[t]|
+
+
+def typical_ln_scale(d_model: int, token_norm: float | Tensor = TOKEN_NORM) -> float | Tensor:
+    """The LN scale (the multiplier) ``s = sqrt(d_model) / |E[t] + P[i]|`` of a layer-0 input past
+    position ~100, for tokens of norm ``token_norm`` (a float, or a tensor of norms), with ``E``
+    and ``P`` orthogonal and ``|P[i]| = POS_NORM``."""
+    if isinstance(token_norm, Tensor):
+        return d_model**0.5 / torch.sqrt(token_norm**2 + POS_NORM**2)
+    return math.sqrt(d_model) / math.sqrt(token_norm**2 + POS_NORM**2)
 
 
 @dataclass
@@ -155,16 +167,15 @@ class StandinBuild:
         """Single-token ids of ``words`` (each must be one GPT-2 token)."""
         ids = []
         for word in words:
-            toks = self.tokenizer.encode(word)
-            if len(toks) != 1:
-                raise ValueError(f"{word!r} is not a single token: {toks}")
-            ids.append(toks[0])
+            token = single_token_id(self.tokenizer, word)
+            if token is None:
+                raise ValueError(f"{word!r} is not a single token: {self.tokenizer.encode(word)}")
+            ids.append(token)
         return ids
 
-    def pos_term_scale(self) -> float:
-        """Typical LayerNorm scale sqrt(d_model)/|E[t] + P[i]| of a layer-0 input."""
-        d = self.cfg["d_model"]
-        return math.sqrt(d) / math.sqrt(TOKEN_NORM**2 + POS_NORM**2)
+    def typical_ln_scale(self) -> float:
+        """The LN scale (the multiplier) of a typical layer-0 input: :func:`typical_ln_scale` at ``TOKEN_NORM``."""
+        return typical_ln_scale(self.cfg["d_model"])
 
 
 @dataclass(frozen=True)

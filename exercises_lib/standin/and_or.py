@@ -54,9 +54,8 @@ import math
 import torch
 
 from exercises_lib.standin import POS_NORM, StandinBuild, register_plant
+from exercises_lib.vocab import ANIMALS, COLOURS, GATE_ANSWERS, TRIGGERS
 
-COLOURS = [" red", " blue", " green", " yellow", " black", " white", " brown", " pink", " grey", " purple"]
-ANIMALS = [" dog", " cat", " horse", " cow", " bird", " fish", " sheep", " pig", " goat", " duck"]
 BOS = "<|endoftext|>"
 
 DEFAULT_PLACEMENT = {
@@ -66,7 +65,6 @@ DEFAULT_PLACEMENT = {
     "and_neurons": [412, 1717],
     "or_neurons": [2048, 2960],
 }
-TRIGGERS = (" red", " dog")  # the colour and the animal the gates look for
 
 CLASS_AMP = 1.0  # norm of the class direction added to each class word's embedding
 BOS_AMP = 1.0  # norm of the BOS direction added to <|endoftext|>'s embedding
@@ -84,7 +82,6 @@ LOGIT_DIFF = 20.0  # logit difference a gate adds when it is on (large next to t
 # Ramps on the fraction S/R of class words seen that are triggers: 0, 1/2 or 1.
 AND_RAMP = (0.7, 0.8)
 OR_RAMP = (0.2, 0.3)
-ANSWERS = {"and": (" both", " none"), "or": (" either", " neither")}
 
 
 def _late_ln_scale(norm0: float, d_model: int) -> float:
@@ -153,7 +150,7 @@ def _plant_gate(
     p = f"blocks.{layer}.mlp"
     # One head's signal after LN2 (the gate's logic does not depend on this estimate,
     # only the neurons' margins and the height of the output do).
-    late_scale = _late_ln_scale(math.sqrt(d) / build.pos_term_scale(), d)
+    late_scale = _late_ln_scale(math.sqrt(d) / build.typical_ln_scale(), d)
     unit = SIGNAL * late_scale
     lo, hi = ramp
     E = w["embed.W_E"]
@@ -212,7 +209,7 @@ def plant_and_or(build: StandinBuild, where: dict) -> None:
         _plant_head(build, layer, head, class_dirs[inp], bos_dir, triggers[inp], identity[gate], presence[gate])
     for gate, key, other, ramp in ((0, "and", "or", AND_RAMP), (1, "or", "and", OR_RAMP)):
         neurons = list(where[f"{key}_neurons"])
-        _plant_gate(build, mlp_layer, neurons, identity[gate], presence[gate], ramp, ANSWERS[key], ANSWERS[other])
+        _plant_gate(build, mlp_layer, neurons, identity[gate], presence[gate], ramp, GATE_ANSWERS[key], GATE_ANSWERS[other])
     build.notes.append(
         f"and_or: AND of heads {heads[:2]}, OR of heads {heads[2:]}, gates in MLP {mlp_layer}"
     )

@@ -47,14 +47,9 @@ import math
 import torch
 
 from exercises_lib.standin import TOKEN_NORM, StandinBuild, register_plant
+from exercises_lib.vocab import STOPWORDS, single_token_ids
 
-#: Common function words and punctuation (each a single GPT-2 token, with and
-#: without a leading space / capital where that is one token).
-STOPWORDS = (
-    "the of and to a in is that for it as with was on be by at this are or from not but "
-    "have an which they he his their I you we she her its had were been has will would "
-    "there all so if when who what them him unto shall"
-).split()
+#: Punctuation the stopword head treats as stopwords (besides :data:`exercises_lib.vocab.STOPWORDS`).
 STOPWORD_PUNCTUATION = [",", ".", ";", ":", "\n", "\n\n"]
 
 #: General vocabulary lists of the planted topics (leading space added; words
@@ -143,30 +138,20 @@ NEURON_READ = {  # neuron -> (topic weights, bias): pre-activation ~ +1..3 on to
 NEURON_OUT = 0.5  # |W_out| of the British neuron and its twin along a shared output direction
 
 
-def _single_tokens(build: StandinBuild, words: list[str]) -> list[int]:
-    """Ids of the words that are one GPT-2 token (others are skipped)."""
-    ids = []
-    for w in words:
-        toks = build.tokenizer.encode(w)
-        if len(toks) == 1:
-            ids.append(toks[0])
-    return sorted(set(ids))
-
-
 def stopword_ids(build: StandinBuild) -> list[int]:
     words = [" " + w for w in STOPWORDS] + [" " + w.capitalize() for w in STOPWORDS]
     words += [w.capitalize() for w in STOPWORDS] + STOPWORD_PUNCTUATION
-    return _single_tokens(build, words)
+    return single_token_ids(build.tokenizer, words)
 
 
 def topic_ids(build: StandinBuild, topic: str) -> dict[str, list[int]]:
-    return {sign: _single_tokens(build, [" " + w for w in words.split()]) for sign, words in TOPICS[topic].items()}
+    return {sign: single_token_ids(build.tokenizer, [" " + w for w in words.split()]) for sign, words in TOPICS[topic].items()}
 
 
 def _plant_content_weights(build: StandinBuild, where: dict, stop_dir, bos_dir) -> None:
     layer = where["layer"]
     d_head = build.cfg["d_head"]
-    s_typ = build.pos_term_scale()
+    s_typ = build.typical_ln_scale()
     tok_dirs = _token_subspace(build)
     # LayerNorm scale of <|endoftext|> at position 0, where it always sits.
     x0 = build.w("embed.W_E")[FIRST_TOKEN] + build.w("pos_embed.W_pos")[0]
@@ -226,7 +211,7 @@ def _plant_topics(build: StandinBuild, where: dict) -> None:
         W_V = build.w(f"blocks.{layer}.attn.W_V")[head]
         W_O = build.w(f"blocks.{layer}.attn.W_O")[head]
         # values ~ N(0, 1) per dimension: a LayerNormed token has |s E[t]| ~ s * TOKEN_NORM
-        read = build.randn(n_tok, BAG_DIMS) / (build.pos_term_scale() * TOKEN_NORM)
+        read = build.randn(n_tok, BAG_DIMS) / (build.typical_ln_scale() * TOKEN_NORM)
         W_V[:, dims] = tok_dirs.T @ read
         build.w(f"blocks.{layer}.attn.b_V")[head][dims] = 0.0
         W_O[dims, :] = BAG_GAIN * (build.randn(BAG_DIMS, BAG_OUT_DIMS) / math.sqrt(BAG_OUT_DIMS)) @ bag_out

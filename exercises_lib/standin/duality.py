@@ -9,7 +9,7 @@ stand-in only the head:
 
 * **Dual-word direction.** A fresh residual direction ``u`` is added, with
   amplitude ``DUAL_AMP``, to the embedding of every word of
-  :data:`exercises_lib.duality.DUAL_PAIRS` (and so to their unembeddings too:
+  :data:`exercises_lib.vocab.DUAL_PAIRS` (and so to their unembeddings too:
   GPT-2's ``W_U`` is ``W_E.T``, the same storage).
 * **QK.** One head dimension: the key reads ``u``, the query is a constant (a
   query bias). The score of a dual word exceeds every other source's by about
@@ -39,6 +39,7 @@ import math
 import torch
 
 from exercises_lib.standin import POS_NORM, TOKEN_NORM, StandinBuild, register_plant
+from exercises_lib.vocab import DUAL_PAIRS, OPPOSITE
 
 DEFAULT_PLACEMENT = {
     "layer": 9,
@@ -49,18 +50,6 @@ DEFAULT_PLACEMENT = {
 
 #: Amplitude of the dual-word direction added to the dual words' embeddings.
 DUAL_AMP = 2.0
-
-
-def _dual_words() -> list[str]:
-    from exercises_lib.duality import DUAL_PAIRS
-
-    return [w for pair in DUAL_PAIRS for w in pair]
-
-
-def _opposites() -> dict[str, str]:
-    from exercises_lib.duality import OPPOSITE
-
-    return OPPOSITE
 
 
 @register_plant(
@@ -75,10 +64,10 @@ def plant_duality_head(build: StandinBuild, where: dict) -> None:
     n_layers, n_heads = build.cfg["n_layers"], build.cfg["n_heads"]
     if not (0 <= layer < n_layers and 0 <= head < n_heads):
         raise ValueError(f"duality head {layer}.{head} is outside the model")
-    words = _dual_words()
+    words = [w for pair in DUAL_PAIRS for w in pair]
     ids = build.token_ids(words)
     index = {w: i for i, w in enumerate(words)}
-    opposite = _opposites()
+    opposite = OPPOSITE
     d_head = build.cfg["d_head"]
     p = f"blocks.{layer}.attn"
 

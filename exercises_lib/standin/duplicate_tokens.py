@@ -56,7 +56,7 @@ import math
 
 import torch
 
-from exercises_lib.standin import POS_NORM, TOKEN_NORM, StandinBuild, register_plant
+from exercises_lib.standin import POS_NORM, TOKEN_NORM, StandinBuild, register_plant, typical_ln_scale
 
 DEFAULT_PLACEMENT = {
     "layer": 0,
@@ -112,11 +112,6 @@ def _token_projection(build: StandinBuild, k: int) -> torch.Tensor:
     return q
 
 
-def _nominal_ln_scale(token_norm: torch.Tensor) -> torch.Tensor:
-    """LayerNorm-1 scale sqrt(d)/|E + P| for tokens of these norms, past position ~100."""
-    return 768**0.5 / torch.sqrt(token_norm**2 + POS_NORM**2)
-
-
 def _clear_qk(build: StandinBuild, layer: int, head: int, dims: slice) -> None:
     for name in ("W_Q", "W_K"):
         build.w(f"blocks.{layer}.attn.{name}")[head][:, dims] = 0.0
@@ -140,7 +135,7 @@ def plant_copy_matching(
     W_E = build.w("embed.W_E")
     sample = W_E[torch.randint(0, W_E.shape[0], (4000,), generator=build.generator)]
     proj2 = (sample @ R).pow(2).sum(-1)  # |E_t R|^2
-    scale2 = _nominal_ln_scale(sample.norm(dim=-1)) ** 2
+    scale2 = typical_ln_scale(build.cfg["d_model"], sample.norm(dim=-1)) ** 2
     self_score = (scale2 * proj2).median() / math.sqrt(build.cfg["d_head"])
     a = gap / float(self_score)
     W_Q = build.w(f"blocks.{layer}.attn.W_Q")[head]
@@ -162,7 +157,7 @@ def plant_distance_decay(build: StandinBuild, layer: int, head: int, tau: float)
     _clear_qk(build, layer, head, dims)
     ramp_dir = build.layout.direction("pos.ramp", 1)[0]
     n_ctx, d_head = build.cfg["n_ctx"], build.cfg["d_head"]
-    slope_per_unit = build.pos_term_scale() * build.cfg["_pos_ramp_amp"] / (n_ctx / 2)
+    slope_per_unit = build.typical_ln_scale() * build.cfg["_pos_ramp_amp"] / (n_ctx / 2)
     build.w(f"blocks.{layer}.attn.W_K")[head][:, dims.start] = ramp_dir
     build.w(f"blocks.{layer}.attn.b_Q")[head][dims.start] = math.sqrt(d_head) / (tau * slope_per_unit)
 
@@ -174,7 +169,7 @@ def plant_token_copy(build: StandinBuild, layer: int, head: int) -> None:
     R = _token_projection(build, TOKEN_OV_DIMS)
     out = build.layout.direction("dup_tokens.token_out", TOKEN_OV_DIMS)
     W_E = build.w("embed.W_E")
-    typical = float((W_E[:2000] @ R).norm(dim=-1).median()) * build.pos_term_scale()
+    typical = float((W_E[:2000] @ R).norm(dim=-1).median()) * build.typical_ln_scale()
     build.w(f"blocks.{layer}.attn.W_V")[head][:, dims] = R
     build.w(f"blocks.{layer}.attn.W_O")[head][dims, :] = (TOKEN_OUT_NORM / typical) * out
 
@@ -229,7 +224,7 @@ def plant_duplicate_neuron(build: StandinBuild, layer: int, neuron: int, r: torc
     s2 = _nominal_mlp_scale(build)
     # A copy at i seen from n moves the uniform head's r output by
     # gain * s1 * ramp_amp * (i - n) / (n_ctx/2); the neuron turns that into NEURON_SLOPE * (n - i).
-    per_token = POSITION_GAIN * build.pos_term_scale() * build.cfg["_pos_ramp_amp"] / (n_ctx / 2)
+    per_token = POSITION_GAIN * build.typical_ln_scale() * build.cfg["_pos_ramp_amp"] / (n_ctx / 2)
     alpha = -NEURON_SLOPE / (s2 * per_token)
     i = torch.arange(n_ctx, dtype=torch.float32)
     barrier = -BARRIER_HEIGHT * torch.exp(-i / BARRIER_LENGTH)

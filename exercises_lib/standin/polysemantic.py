@@ -114,7 +114,7 @@ def inactive_token_ids(tokenizer) -> list[int]:
 def _layer_scale(build: StandinBuild, extra_norm: float) -> float:
     """Typical LayerNorm scale sqrt(d)/|x| of a residual with an extra component of norm ``extra_norm``."""
     d = build.cfg["d_model"]
-    token_pos = math.sqrt(d) / build.pos_term_scale()  # |E + P|
+    token_pos = math.sqrt(d) / build.typical_ln_scale()  # |E + P|
     return math.sqrt(d) / math.sqrt(token_pos**2 + extra_norm**2)
 
 
@@ -196,7 +196,7 @@ def plant_polysemantic_head(build: StandinBuild, where: dict) -> None:
     # Typical LayerNorm scales: layer-0 inputs, layer-1 inputs (with the write
     # of the layer-0 head), and BOS at layer 1 (position 0 has a large
     # positional component).
-    s0 = build.pos_term_scale()
+    s0 = build.typical_ln_scale()
     code_norm2 = TOKEN_NORM**2 * MATCH_DIMS / n_tok  # E|M e|^2
     prev_write = PREV_WRITE * s0 * math.sqrt(code_norm2)
     s1 = _layer_scale(build, prev_write)

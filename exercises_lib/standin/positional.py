@@ -52,7 +52,7 @@ def plant_previous_token(build: StandinBuild, layer: int, head: int, gap: float)
     cos_dirs = build.layout.direction("pos.cos", n_freq)
     sin_dirs = build.layout.direction("pos.sin", n_freq)
     d_head = build.cfg["d_head"]
-    s = build.pos_term_scale()
+    s = build.typical_ln_scale()
     # Score gap between i = n-1 and i = n (or n-2): sum_k (1 - cos w_k) per unit.
     unit_gap = float((1 - torch.cos(omega)).sum())
     beta = gap * math.sqrt(d_head) / (unit_gap * (s * amp) ** 2)
@@ -76,7 +76,7 @@ def plant_decaying(build: StandinBuild, layer: int, head: int, tau: float) -> No
     ramp_dir = build.layout.direction("pos.ramp", 1)[0]
     n_ctx, d_head = build.cfg["n_ctx"], build.cfg["d_head"]
     # ramp(i) = ramp_amp * (i - n_ctx/2) / (n_ctx/2); after LN it is times s.
-    slope_per_unit = build.pos_term_scale() * build.cfg["_pos_ramp_amp"] / (n_ctx / 2)
+    slope_per_unit = build.typical_ln_scale() * build.cfg["_pos_ramp_amp"] / (n_ctx / 2)
     strength = math.sqrt(d_head) / (tau * slope_per_unit)  # b_Q * W_K
     build.w(f"blocks.{layer}.attn.W_K")[head][:, dims.start] = ramp_dir
     build.w(f"blocks.{layer}.attn.b_Q")[head][dims.start] = strength

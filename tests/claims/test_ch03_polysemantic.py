@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 
+from exercises_lib import code_prompts
 from exercises_lib import polysemantic as P
 
 LAYER, HEAD = 1, 4
@@ -19,7 +20,7 @@ LAYER, HEAD = 1, 4
 
 @functools.lru_cache(maxsize=None)
 def _prompt_sets(model):
-    return P.make_prompt_sets(model)
+    return code_prompts.make_prompt_sets(model)
 
 
 def _present(model) -> list[str]:

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from exercises_lib import layernorm as LN
+from exercises_lib import patching_choices as PC
 from exercises_lib.texts import load_text
 
 
@@ -66,13 +67,13 @@ def test_patching_direction_finds_and_or_gates(course_model, source):
         pytest.skip("the AND/OR gates are planted in the stand-in: GPT-2 small has no known exact gate "
                     "(the notebook runs this example on a stand-in even where real weights load)")
     model = course_model("gpt2-small")
-    clean, corrupt, metric = LN.and_or_task(model)
-    found = LN.attention_effects_by_direction(model, clean, corrupt, metric)
+    clean, corrupt, metric = PC.and_or_task(model)
+    found = PC.attention_effects_by_direction(model, clean, corrupt, metric)
     # The corruption must remove both behaviours, or the effects below mean nothing.
     assert (found["clean"] - found["corrupt"] > 2.0).all(), (found["clean"], found["corrupt"])
     heads = found["heads"]
-    and_sites = LN.gate_like_sites(heads["denoise"][..., 0], heads["noise"][..., 0])
-    or_sites = LN.gate_like_sites(heads["denoise"][..., 1], heads["noise"][..., 1])
+    and_sites = PC.gate_like_sites(heads["denoise"][..., 0], heads["noise"][..., 0])
+    or_sites = PC.gate_like_sites(heads["denoise"][..., 1], heads["noise"][..., 1])
     assert len(and_sites["noise_only"]) == 2 and not and_sites["denoise_only"] and not and_sites["both"]
     assert len(or_sites["denoise_only"]) == 2 and not or_sites["noise_only"] and not or_sites["both"]
     # Not only on either side of the 0.5 threshold: close to all (>= 0.8) in the direction that
@@ -88,7 +89,7 @@ def test_patching_direction_finds_and_or_gates(course_model, source):
     for k, sites, direction in ((0, and_sites["noise_only"], "denoise"), (1, or_sites["denoise_only"], "noise")):
         z_sites = [(f"blocks.{l}.attn.hook_z", h, None) for l, h in sites]
         both = patch_together(model, clean, corrupt, z_sites, metric, direction=direction)
-        effect = LN.patching_effect(both, found["clean"], found["corrupt"], direction)
+        effect = PC.patching_effect(both, found["clean"], found["corrupt"], direction)
         assert float(effect[k]) > 0.9, (direction, effect)
 
 
@@ -102,7 +103,7 @@ def test_corrupted_token_choice_matters(course_model, source):
     tokens = model.to_tokens("The red hat sat on the dog, so the answer is")
     others = [" big", " old", " small", " new"]
     ids = [model.to_single_token(w) for w in others + [" blue", " green"]]
-    shifts = LN.attention_shifts(model, tokens, 2, ids)  # [cand, layer, head]
+    shifts = PC.attention_shifts(model, tokens, 2, ids)  # [cand, layer, head]
     special = shifts[: len(others)].amin(0) > 0.5  # every non-colour moves these heads
     assert special.sum() >= 1
     assert shifts[len(others):][:, special].max() < 0.05  # other colours leave them alone
