@@ -20,7 +20,10 @@ import plotly.express as px
 import plotly.graph_objects as go
 import torch
 
-__all__ = ["imshow", "line", "scatter", "bar", "attention_view", "figure_title", "say", "to_numpy"]
+__all__ = [
+    "imshow", "line", "scatter", "bar", "attention_view", "figure_title", "say", "to_numpy",
+    "HOW_WE_KNOW", "summary_table",
+]
 
 
 def to_numpy(x: Any) -> np.ndarray:
@@ -198,4 +201,66 @@ def attention_view(
 
     display(HTML(f"<h4>{heading}</h4>"))
     display(HTML(circuitsvis_html(html)))
+    return None
+
+
+#: How a number in a chapter is known: the values of the "how we know" column.
+HOW_WE_KNOW: dict[str, str] = {
+    "real": "real weights",
+    "real layer 0": "real layer 0 (GPT-2's own weights), stand-in elsewhere",
+    "stand-in": "measured on the stand-in",
+    "planted": "planted (agrees with the write-up by construction)",
+    "write-up": "write-up only (needs weights we do not have here)",
+}
+
+
+class _Table:
+    """A table shown as HTML in notebooks and the book, as aligned text elsewhere."""
+
+    def __init__(self, header: Sequence[str], rows: Sequence[Sequence[str]], caption: str):
+        self.header, self.rows, self.caption = list(header), [list(r) for r in rows], caption
+
+    def __repr__(self) -> str:
+        cols = [self.header, *self.rows]
+        widths = [max(len(str(r[i])) for r in cols) for i in range(len(self.header))]
+        lines = [self.caption, "  ".join(h.ljust(w) for h, w in zip(self.header, widths))]
+        lines += ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)) for r in self.rows]
+        return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        import html
+
+        head = "".join(f"<th>{html.escape(h)}</th>" for h in self.header)
+        body = "".join(
+            "<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in self.rows
+        )
+        return (
+            '<table class="course-summary"><caption>' + html.escape(self.caption) + "</caption>"
+            f"<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+        )
+
+
+def summary_table(model, rows: Sequence[Sequence[str]], *, title: str = "Summary", show: bool = True):
+    """A chapter's summary: one row per claim, with how each number is known.
+
+    Each row is ``(what, the write-up's value on GPT-2, our value, how)`` where
+    ``how`` is a key of :data:`HOW_WE_KNOW` (``"real"``, ``"real layer 0"``,
+    ``"stand-in"``, ``"planted"``, ``"write-up"``). Shown as an HTML table in
+    Jupyter and the book (never cut mid-column), as aligned text elsewhere.
+    """
+    table_rows = []
+    for row in rows:
+        if len(row) != 4:
+            raise ValueError(f"a summary row has 4 fields (what, write-up, ours, how), got {len(row)}: {row!r}")
+        what, theirs, ours, how = row
+        if how not in HOW_WE_KNOW:
+            raise ValueError(f"how we know {what!r} must be one of {sorted(HOW_WE_KNOW)}, not {how!r}")
+        table_rows.append((what, theirs, ours, HOW_WE_KNOW[how]))
+    header = ("what", "write-up (GPT-2 small)", f"here ({_name(model)})", "how we know")
+    table = _Table(header, table_rows, f"{title} [{_name(model)}]")
+    if not show:
+        return table
+    from IPython.display import display
+
+    display(table)
     return None
