@@ -207,7 +207,7 @@ def attention_view(
 #: How a number in a chapter is known: the values of the "how we know" column.
 HOW_WE_KNOW: dict[str, str] = {
     "real": "real weights",
-    "real layer 0": "real layer 0 (GPT-2's own weights), stand-in elsewhere",
+    "real layer 0": "real layer 0 (GPT-2 weights), stand-in elsewhere",
     "stand-in": "measured on the stand-in",
     "planted": "planted (agrees with the write-up by construction)",
     "write-up": "write-up only (needs weights we do not have here)",
