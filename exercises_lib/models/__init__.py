@@ -192,9 +192,14 @@ def build_standin(
         del tensors
         placement_out, notes, provenance = meta["placement"], meta["notes"], meta.get("provenance")
     else:
+        from tqdm.auto import tqdm
+
         from exercises_lib.standin import build_standin_weights
 
+        desc = f"building the {name} stand-in" + (" (once: it is kept in the disk cache)" if key else "")
+        bar = tqdm(total=4, desc=desc, leave=False)
         build = build_standin_weights(name, plants=plants, placement=placement, seed=seed, tokenizer=tok)
+        bar.update()
         cfg = _json_cfg(build.cfg)
         placement_out, notes = build.placement, list(build.notes)
         provenance = getattr(build, "provenance", None)
@@ -212,7 +217,9 @@ def build_standin(
                 kind = "layernorm-free"
                 make_layernorm_free_standin(model, reference, cfg)
         del build
+        bar.update()
         _bridges.enable_compatibility(model, processing=processing)
+        bar.update()
         if key:
             meta = {"name": name, "kind": kind, "cfg": cfg, "placement": placement_out, "notes": notes,
                     "provenance": provenance}
@@ -228,6 +235,8 @@ def build_standin(
                 state.update({f"reference.{k}": v for k, v in reference.items()})
             disk.store_entry(name, key, state, meta)
             del state
+        bar.update()
+        bar.close()
     _finish(model, name, is_standin=True, device=device)
     model.standin_placement = placement_out  # for tests only: never read by analysis code
     model.standin_notes = notes

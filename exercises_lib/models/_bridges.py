@@ -179,12 +179,14 @@ def native_bridge(tl_weights: Mapping[str, torch.Tensor], tl_cfg, tokenizer, mod
     """A TransformerLens-native bridge holding TransformerLens-named weights.
 
     As ``boot_tl_legacy`` does: ``boot_native``, ``convert_tl_checkpoint``, a
-    zero unembedding bias when the checkpoint has none, and a strict load.
+    zero unembedding bias when the checkpoint has none, and a strict load (the
+    random initialisation that the load overwrites is skipped).
     """
     import transformer_lens.model_bridge.sources  # noqa: F401  (registers boot_native)
     from transformer_lens.model_bridge import TransformerBridge
     from transformer_lens.utilities.tl_checkpoint_conversion import convert_tl_checkpoint
 
+    tl_cfg.init_weights = False  # every weight is overwritten by the strict load below
     bridge = TransformerBridge.boot_native(tl_cfg, tokenizer=tokenizer, model_name=model_name)
     converted = convert_tl_checkpoint(dict(tl_weights), tl_cfg)
     if "unembed.bias" not in converted:
@@ -243,8 +245,6 @@ def bridge_from_processed(kind: str, state: Mapping[str, torch.Tensor], cfg: Map
         tied = bool(cfg.get("tied_embeddings", True))
         model.cfg.tie_word_embeddings = tied
         model.original_model.config.tie_word_embeddings = tied
-    else:
-        model.cfg.init_weights = True
     enable_compatibility(model, processing=False)
     model._weights_processed = True  # what process_weights sets; a second processing is refused
     return model
