@@ -34,7 +34,7 @@ import tempfile
 from pathlib import Path
 
 CHILD = r"""
-import json, resource, sys, time
+import json, sys, time
 import psutil
 import transformer_lens, transformer_lens.model_bridge.sources
 from exercises_lib.models import load_model
@@ -42,7 +42,8 @@ base = psutil.Process().memory_info().rss
 t = time.perf_counter()
 model = load_model(sys.argv[1], source=sys.argv[2], device="cpu", quiet=True)
 seconds = time.perf_counter() - t
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+# VmHWM: this process's own peak (ru_maxrss would carry the parent's peak across fork and exec)
+peak = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM")) * 1024
 print(json.dumps({"seconds": seconds, "peak_gb": peak / 1e9, "after_import_gb": base / 1e9, "standin": model.is_standin}))
 """
 

@@ -47,19 +47,6 @@ def no_hub(monkeypatch, tmp_path):
     return asked
 
 
-@pytest.fixture(scope="module")
-def standins(request):
-    names = {"gpt2-small": "gpt2_standin", "attn-only-4l": "attn_only_standin", "gpt2-noLN": "gpt2_noln_standin"}
-    return lambda name: request.getfixturevalue(names[name])
-
-
-def _point_at(monkeypatch, exports: Path, where: str) -> None:
-    if where == "weights-dir":
-        monkeypatch.setenv("MECHINTERP_WEIGHTS_DIR", str(exports / "weights"))
-    else:
-        monkeypatch.setenv("HF_HUB_CACHE", str(exports / "hf-cache"))
-
-
 def assert_same_model(real, standin):
     assert not real.is_standin and real.display_name == MODELS[real.course_name]["display"]
     assert "Real weights of" in real.provenance
@@ -73,16 +60,6 @@ def assert_same_model(real, standin):
     assert sorted(a) == sorted(b)
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-5, msg=k)
-
-
-@pytest.mark.parametrize("where", ["weights-dir", "hf-cache"])
-@pytest.mark.parametrize("name", list(MODELS))
-def test_real_path_loads_the_export(exports, no_hub, standins, monkeypatch, capsys, name, where):
-    _point_at(monkeypatch, exports, where)
-    real = load_model(name, source="auto", device="cpu")
-    assert "[stand-in model]" not in capsys.readouterr().out  # no banner
-    assert not no_hub  # a local copy never asks the hub
-    assert_same_model(real, standins(name))
 
 
 def test_transformer_lens_legacy_loader_reads_the_attn_only_export(exports, monkeypatch):
@@ -284,7 +261,7 @@ def test_incomplete_cache_offline(exports, no_hub, tmp_path, monkeypatch):
 # ---------------------------------------------------------------------------
 
 _OFFLINE = r"""
-import json, socket, sys, time
+import contextlib, io, json, socket, sys, time
 attempts = []
 def blocked(*args, **kwargs):
     attempts.append(repr(args[:2]))
@@ -293,19 +270,40 @@ socket.socket.connect = blocked
 socket.socket.connect_ex = blocked
 socket.create_connection = blocked
 socket.getaddrinfo = blocked
+import torch
 t0 = time.perf_counter()
 import transformer_lens, transformer_lens.model_bridge.sources
 from exercises_lib.models import load_model
 t1 = time.perf_counter()
-model = load_model(sys.argv[1], source="real", device="cpu", quiet=True)
+printed = io.StringIO()
+with contextlib.redirect_stdout(printed):
+    real = load_model(sys.argv[1], source="auto", device="cpu")
 t2 = time.perf_counter()
-print(json.dumps({"import_s": t1 - t0, "load_s": t2 - t1, "attempts": attempts, "is_standin": model.is_standin}))
+standin = load_model(sys.argv[1], source="standin", device="cpu", quiet=True)
+prompts = json.loads(sys.argv[2])
+tokens = real.to_tokens(prompts)
+logits, cache = real.run_with_cache(tokens)
+ref_logits, ref_cache = standin.run_with_cache(tokens)
+a, b = real.state_dict(), standin.state_dict()
+print(json.dumps({
+    "import_s": t1 - t0, "load_s": t2 - t1, "attempts": attempts, "printed": printed.getvalue(),
+    "is_standin": real.is_standin, "display_name": real.display_name, "provenance": real.provenance,
+    "same_tokens": bool(torch.equal(tokens, standin.to_tokens(prompts))),
+    "same_hooks": sorted(cache.keys()) == sorted(ref_cache.keys()),
+    "logit_diff": float((logits - ref_logits).abs().max()),
+    "same_weight_names": sorted(a) == sorted(b),
+    "weight_diff": max(float((a[k] - b[k]).abs().max()) for k in a),
+}))
 """
 
 
 @pytest.mark.parametrize("where", ["weights-dir", "hf-cache"])
 @pytest.mark.parametrize("name", list(MODELS))
-def test_offline_fresh_process_no_network_attempt(exports, tmp_path, name, where):
+def test_real_path_loads_the_export_offline(exports, tmp_path, name, where):
+    """In a fresh process with every socket call failing and ``HF_HUB_OFFLINE`` unset, the
+    default source loads the export through the real path: no network attempt, no banner,
+    the stand-in's weights after processing, logits and hook names; timed after
+    TransformerLens is imported."""
     env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "MECHINTERP_SOURCE",
                                                             "MECHINTERP_WEIGHTS_DIR", "HF_HUB_CACHE", "HF_HOME")}
     env["HF_HOME"] = str(tmp_path / "hf")
@@ -313,12 +311,16 @@ def test_offline_fresh_process_no_network_attempt(exports, tmp_path, name, where
         env["MECHINTERP_WEIGHTS_DIR"] = str(exports / "weights")
     else:
         env["HF_HUB_CACHE"] = str(exports / "hf-cache")
-    out = subprocess.run([sys.executable, "-c", _OFFLINE, name], env=env, capture_output=True, text=True, timeout=600)
+    out = subprocess.run([sys.executable, "-c", _OFFLINE, name, json.dumps(PROMPTS)], env=env, capture_output=True,
+                         text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
-    result = json.loads(out.stdout.strip().splitlines()[-1])
-    print(f"{name} from {where}: loaded in {result['load_s']:.1f} s after importing TransformerLens")
-    assert result["attempts"] == [] and not result["is_standin"]
-    assert result["load_s"] < LOAD_LIMIT_S
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    print(f"{name} from {where}: loaded in {r['load_s']:.1f} s after importing TransformerLens")
+    assert r["attempts"] == [] and not r["is_standin"] and "[stand-in model]" not in r["printed"]
+    assert r["display_name"] == MODELS[name]["display"] and r["provenance"].startswith(f"Real weights of {MODELS[name]['hub_id']}")
+    assert r["same_tokens"] and r["same_hooks"] and r["same_weight_names"]
+    assert r["logit_diff"] < 1e-4 and r["weight_diff"] < 1e-5
+    assert r["load_s"] < LOAD_LIMIT_S
 
 
 # ---------------------------------------------------------------------------

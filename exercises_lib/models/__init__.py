@@ -408,7 +408,7 @@ def _load_tl_legacy(name: str, copy: local.LocalCopy, device: str):
         raise local._error(copy, f"{copy.folder / 'config.json'} is not a TransformerLens legacy config ({err})") from None
     tok = _legacy_tokenizer(cfg_json.get("tokenizer_name"), tl_cfg.d_vocab, copy)
     try:
-        state = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)  # tensors only, never code
     except Exception as err:
         raise local._error(copy, f"{path} cannot be read as a weights-only checkpoint ({type(err).__name__}); "
                                  "the course never unpickles arbitrary objects, so the file must be a fresh copy") from None
