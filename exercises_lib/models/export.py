@@ -50,7 +50,7 @@ from typing import Callable, Mapping
 
 import torch
 
-from exercises_lib.models import _bridges
+import exercises_lib.models._bridges as _bridges
 from exercises_lib.models.layernorm_free import HUB_EPS, hub_layernorm_free_state_dict, standin_constants
 from exercises_lib.models.manifest import file_sha256, git_blob_sha1, write_manifest
 from exercises_lib.models.registry import MODELS

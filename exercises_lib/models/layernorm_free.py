@@ -28,7 +28,7 @@ from typing import Mapping, Sequence
 
 import torch
 
-from exercises_lib.models import _bridges
+import exercises_lib.models._bridges as _bridges
 
 __all__ = [
     "make_layernorm_free_standin",
