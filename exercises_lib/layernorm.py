@@ -55,13 +55,17 @@ Taught in: chapter 5 (LayerNorm and patching).
 from __future__ import annotations
 
 import functools
-import math
 from typing import Sequence
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from exercises_lib.models.layernorm_free import (  # re-exported for chapter 5
+    layernorm_free_reference,
+    load_real_layernorm_free,
+    make_layernorm_free_standin,
+)
 from exercises_lib.patching_choices import attention_shift, patching_effect
 
 __all__ = [
@@ -213,181 +217,8 @@ def frozen_scale_effects(
 # ---------------------------------------------------------------------------
 
 
-def _hf_layernorms(hf) -> list[tuple[torch.nn.LayerNorm, str]]:
-    """The LayerNorm modules of a Hugging Face GPT-2, in :func:`ln_hook_names` order."""
-    out = []
-    for layer, block in enumerate(hf.transformer.h):
-        out += [(block.ln_1, f"blocks.{layer}.ln1"), (block.ln_2, f"blocks.{layer}.ln2")]
-    return out + [(hf.transformer.ln_f, "ln_final")]
-
-
-@torch.no_grad()
-def _fold_constant_layernorms(hf, constants: Sequence[float]) -> None:
-    """Make a Hugging Face GPT-2 LayerNorm-free, in place.
-
-    Each LayerNorm ``k`` becomes ``x -> w_k * (x - mean) / constants[k] + b_k``;
-    its weight, bias and constant are folded into the weights that read it
-    (centred, so the centring goes too), and it is left as weight 1, bias 0:
-    the caller replaces it with an identity. The unembedding is untied from the
-    embedding and gets a bias.
-    """
-    lns = _hf_layernorms(hf)
-    if len(constants) != len(lns):
-        raise ValueError(f"need {len(lns)} constants, got {len(constants)}")
-
-    def fold_conv1d(ln, c, conv):  # GPT-2's Conv1D: weight [d_in, d_out]
-        W, b = fold_layernorm(ln.weight / c, ln.bias, conv.weight, conv.bias)
-        conv.weight.copy_(W)
-        conv.bias.copy_(b)
-
-    for layer, block in enumerate(hf.transformer.h):
-        fold_conv1d(block.ln_1, constants[2 * layer], block.attn.c_attn)
-        fold_conv1d(block.ln_2, constants[2 * layer + 1], block.mlp.c_fc)
-    ln_f, c = hf.transformer.ln_f, constants[-1]
-    W_U = hf.lm_head.weight.T  # [d_model, d_vocab]
-    zero = torch.zeros(W_U.shape[1], dtype=W_U.dtype, device=W_U.device)
-    W, b_U = fold_layernorm(ln_f.weight / c, ln_f.bias, W_U, zero)
-    hf.lm_head.weight = torch.nn.Parameter(W.T.contiguous())  # untied from wte
-    hf.config.tie_word_embeddings = False
-    if getattr(hf.lm_head, "bias", None) is None:
-        hf.lm_head.bias = torch.nn.Parameter(b_U)
-    else:
-        hf.lm_head.bias.data = b_U
-    for ln, _ in lns:
-        ln.weight.fill_(1.0)
-        ln.bias.zero_()
-
-
-def _disable_bridge_layernorms(bridge) -> None:
-    """Replace every LayerNorm of a bridge by ``nn.Identity`` (``hook_scale`` reads 1)."""
-    comps = [bridge.blocks[layer].ln1 for layer in range(len(bridge.blocks))]
-    comps += [bridge.blocks[layer].ln2 for layer in range(len(bridge.blocks))]
-    comps.append(bridge.ln_final)
-    for comp in comps:
-        comp.set_original_component(torch.nn.Identity())
-        comp.use_native_layernorm_autograd = True  # the path with the Identity branch
-
-
-@torch.no_grad()
-def _standin_constants(hf, tokenizer, n_tokens: int = 128) -> list[float]:
-    """Median LayerNorm scale of each LayerNorm of ``hf`` on a reference text (positions 1..)."""
-    from exercises_lib.texts import load_text
-
-    ids = tokenizer.encode(load_text("fiction"))[: n_tokens - 1]
-    tokens = torch.tensor([[tokenizer.bos_token_id or 50256] + ids])
-    lns = _hf_layernorms(hf)
-    found: dict[int, float] = {}
-    handles = []
-    for k, (ln, _) in enumerate(lns):
-        def grab(module, args, k=k):
-            x = args[0].float()
-            s = (x.var(-1, unbiased=False) + module.eps).sqrt()[0, 1:]
-            found[k] = float(s.median())
-
-        handles.append(ln.register_forward_pre_hook(grab))
-    try:
-        hf(tokens)
-    finally:
-        for h in handles:
-            h.remove()
-    return [found[k] for k in range(len(lns))]
-
-
-def make_layernorm_free_standin(model, build) -> None:
-    """Turn a freshly built GPT-2-small stand-in bridge into a LayerNorm-free model, in place.
-
-    Called by :func:`exercises_lib.models.build_standin` for ``"gpt2-noLN"``,
-    before compatibility mode (which then runs without weight processing).
-    Each LayerNorm's scale is replaced by a constant, its median on a reference
-    text in the stand-in with LayerNorm; the constants, LN weights and biases
-    are folded into the weights that read them; the LayerNorms become
-    identities. ``model.layernorm_constants`` keeps the constants and
-    :func:`layernorm_free_reference` builds the equivalent Hugging Face model.
-    """
-    hf = model.original_model
-    constants = _standin_constants(hf, model.tokenizer)
-    _fold_constant_layernorms(hf, constants)
-    _disable_bridge_layernorms(model)
-    model.layernorm_constants = constants
-    model._layernorm_free_reference = functools.partial(_standin_reference, build.weights, build.cfg, constants)
-
-
-def _standin_reference(weights, cfg, constants, eps: float = 1e12):
-    """The stand-in's LayerNorm-free model as a Hugging Face GPT-2, the hub's way.
-
-    Every LayerNorm keeps its module but gets ``eps = 1e12`` and weight
-    ``w * sqrt(eps) / c``, so ``LN(x) = w (x - mean) / c + b`` up to a relative
-    ``var(x) / 2 eps`` (below float precision).
-    """
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    from exercises_lib.models import _to_hf_gpt2_state_dict
-
-    hf_cfg = GPT2Config(
-        vocab_size=cfg["d_vocab"], n_positions=cfg["n_ctx"], n_embd=cfg["d_model"],
-        n_layer=cfg["n_layers"], n_head=cfg["n_heads"], n_inner=cfg["d_mlp"],
-        activation_function=cfg["act_fn"], tie_word_embeddings=True,
-        bos_token_id=50256, eos_token_id=50256, layer_norm_epsilon=eps,
-    )
-    with torch.device("meta"):
-        hf = GPT2LMHeadModel(hf_cfg)
-    hf.load_state_dict(_to_hf_gpt2_state_dict(weights, cfg), assign=True, strict=False)
-    hf.tie_weights()
-    with torch.no_grad():
-        for (ln, _), c in zip(_hf_layernorms(hf), constants):
-            ln.weight.mul_(math.sqrt(eps) / c)
-    return hf.eval()
-
-
-def load_real_layernorm_free(hub_id: str, device: str | None = None):
-    """Load ``apollo-research/gpt2_noLN`` (or a local copy) as a LayerNorm-free TransformerBridge.
-
-    The hub's model neutralises each LayerNorm with ``eps = 1e12`` and a weight
-    ``1e6`` times too large: ``LN(x) ~ (w / sqrt(eps)) (x - mean) + b``. That
-    constant ``sqrt(eps)``, ``w`` and ``b`` are folded into the reading weights
-    and the LayerNorms become identities (see the module docstring). The
-    caller (:func:`exercises_lib.models.load_model`) then enables
-    compatibility mode *without* weight processing, so the unembedding stays
-    uncentred and the logits equal the Hugging Face model's.
-    """
-    from transformer_lens.model_bridge.sources._bridge_builder import build_bridge_from_module
-    from transformers import GPT2LMHeadModel
-
-    from exercises_lib.tokenizer import gpt2_tokenizer
-
-    hf = GPT2LMHeadModel.from_pretrained(hub_id)
-    hf.eval()
-    constants = [math.sqrt(ln.eps) for ln, _ in _hf_layernorms(hf)]
-    _fold_constant_layernorms(hf, constants)
-    bridge = build_bridge_from_module(
-        hf, "GPT2LMHeadModel", hf_config=hf.config, tokenizer=gpt2_tokenizer(), model_name=str(hub_id)
-    )
-    _disable_bridge_layernorms(bridge)
-    bridge.layernorm_constants = constants
-    bridge._layernorm_free_reference = functools.partial(_hub_reference, hub_id)
-    if device is not None:
-        bridge.to(device)
-    return bridge
-
-
-def _hub_reference(hub_id: str):
-    from transformers import GPT2LMHeadModel
-
-    return GPT2LMHeadModel.from_pretrained(hub_id).eval()
-
-
-def layernorm_free_reference(model):
-    """The Hugging Face model a LayerNorm-free course model must agree with.
-
-    Real ``gpt2-noLN``: the hub's ``GPT2LMHeadModel`` (LayerNorms neutralised
-    by ``eps = 1e12``). Stand-in: the same construction from the stand-in's
-    weights and constants. On the model's device, in eval mode.
-    """
-    make = getattr(model, "_layernorm_free_reference", None)
-    if make is None:
-        raise ValueError("this model is not a LayerNorm-free course model: load it with load_model('gpt2-noLN')")
-    device = next(model.parameters()).device
-    return make().to(device)
+# The LayerNorm-free models are built and loaded by the model package (the only
+# code that touches TransformerLens internals); chapter 5 uses the names imported above.
 
 
 @torch.no_grad()

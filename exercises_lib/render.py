@@ -185,7 +185,7 @@ def circuitsvis_html(vis: Any) -> str:
     return vis.local_src
 
 
-def standin_banner(model_name: str) -> None:
+def standin_banner(model_name: str, reason: str | None = None) -> None:
     """Say, visibly, that the outputs below come from an offline stand-in model.
 
     In a notebook this displays one output with two forms: an HTML banner
@@ -194,7 +194,8 @@ def standin_banner(model_name: str) -> None:
     Outside IPython it prints the text line.
 
     ``model_name`` is the real model's name (``"GPT-2 small"``); a trailing
-    ``" (stand-in)"``, as in ``model.display_name``, is dropped.
+    ``" (stand-in)"``, as in ``model.display_name``, is dropped. ``reason``
+    (why the real weights were not used) is shown below when given.
     """
     model_name = model_name.removesuffix(" (stand-in)")
     text = (
@@ -211,8 +212,11 @@ def standin_banner(model_name: str) -> None:
         f"an offline stand-in for <code>{name}</code>, not from the real "
         f"<code>{name}</code> weights. They show how each method works; the "
         "values will differ from the real model's."
-        "</div>"
+        + (f'<br><small>Why: {html.escape(reason)}</small>' if reason else "")
+        + "</div>"
     )
+    if reason:
+        text += f" Why: {reason}"
     try:
         from IPython import get_ipython
         from IPython.display import display

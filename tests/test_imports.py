@@ -15,18 +15,10 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import pytest
 
 ROOT = Path(__file__).resolve().parents[1] / "exercises_lib"
 PACKAGE = "exercises_lib"
-MODEL_MODULES = {"exercises_lib.models"}
 PLANT_MAY_IMPORT = {"exercises_lib.vocab", "exercises_lib.tokenizer", "exercises_lib.texts"}
-#: Left over until the LayerNorm-free loaders (``exercises_lib.layernorm``) move into the model
-#: module, which another change does; then this set must be emptied (the tests say so).
-PENDING = {
-    "cycles": {("exercises_lib.layernorm", "exercises_lib.models")},
-    "private": {("exercises_lib.layernorm", "transformer_lens.model_bridge.sources._bridge_builder")},
-}
 
 
 def _module_name(path: Path) -> str:
@@ -49,6 +41,7 @@ def _imports(path: Path) -> set[str]:
     return found
 
 
+MODEL_MODULES = {m for m in MODULES if m == "exercises_lib.models" or m.startswith("exercises_lib.models.")}
 GRAPH = {name: _imports(path) for name, path in MODULES.items()}
 
 
@@ -90,7 +83,7 @@ def test_the_walk_sees_the_package():
 
 
 def test_no_import_cycle():
-    assert _cycles() == PENDING["cycles"], "import cycles (emptied PENDING? update it)"
+    assert _cycles() == set(), "import cycles"
 
 
 def test_chapter_code_never_imports_the_plants():
@@ -106,8 +99,7 @@ def test_plants_import_no_chapter_module():
     assert not bad, bad
 
 
-@pytest.mark.parametrize("rule", ["private"])
-def test_private_transformer_lens_only_in_the_model_module(rule):
+def test_private_transformer_lens_only_in_the_model_module():
     found = {(m, d) for m, deps in GRAPH.items() for d in deps
              if d.startswith("transformer_lens") and any(p.startswith("_") for p in d.split(".")) and m not in MODEL_MODULES}
-    assert found == PENDING[rule], "private TransformerLens imports outside the model module (emptied PENDING? update it)"
+    assert not found, f"private TransformerLens imports outside the model package: {sorted(found)}"

@@ -350,6 +350,7 @@ def build_standin_weights(
         plants: names of the plants to write (default: every plant of the model).
         placement: ``{plant_name: {key: value}}`` overriding default placements.
         seed: the seed of every random draw (the build is deterministic).
+        tokenizer: the stand-in's tokenizer (default: GPT-2's); ``d_vocab`` is its size.
     """
     if model_name not in STANDIN_CONFIGS:
         raise ValueError(f"no stand-in for {model_name!r}; known: {sorted(STANDIN_CONFIGS)}")
@@ -358,6 +359,7 @@ def build_standin_weights(
 
         tokenizer = gpt2_tokenizer()
     cfg = dict(STANDIN_CONFIGS[model_name])
+    cfg["d_vocab"] = len(tokenizer)  # the stand-in's vocabulary is its tokenizer's
     gen = torch.Generator().manual_seed(seed)
     layout = Layout(cfg["d_model"], cfg["d_head"], gen)
     build = StandinBuild(model_name, cfg, {}, layout, gen, tokenizer)

@@ -1,0 +1,91 @@
+"""Every solution notebook through the real-model path, under nbval, offline.
+
+The stand-ins are exported in their real models' hub layouts once
+(``_exports.standin_exports``) and each solution notebook runs under nbval
+with ``MECHINTERP_SOURCE=real`` and ``MECHINTERP_WEIGHTS_DIR`` pointing at the
+export: every ``load_model`` goes through TransformerLens's loaders and every
+``if not model.is_standin:`` branch of the notebooks executes. Chapter 3 runs
+a second time on an attn-only-4l built with the course's code tokenizer (not
+GPT-2's).
+
+The runs start together when the first test here needs them, two at a time
+(one per core, each with one thread), and each test reports its notebook's run.
+``PENDING`` lists the runs known to fail for a reason in the notebook itself,
+each with that reason: they are marked ``xfail(strict=False)`` until the
+notebook is changed, then removed from the list.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from _exports import standin_exports
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((ROOT / "solutions").glob("*.ipynb"))
+RUNS = [(nb.stem, nb, "weights") for nb in NOTEBOOKS] + [
+    ("03_polysemantic_head[code-tokenizer]", ROOT / "solutions" / "03_polysemantic_head.ipynb", "weights-code-tokenizer"),
+]
+
+#: Runs that fail because of a notebook cell (not the library), with the reason.
+PENDING: dict[str, str] = {
+    "03_polysemantic_head": (
+        "cells 24, 30 and 34 assert, under `if not model.is_standin:`, the real model's indentation "
+        "behaviour (label share >= 0.5, accuracy >= 0.8, ablation drop at the destination); a "
+        "faithful export of the stand-in has no such mechanism: those assertions belong in the "
+        "claims tests, the cells should print the comparison"
+    ),
+    "03_polysemantic_head[code-tokenizer]": (
+        "the chapter's prompt templates assume GPT-2's tokenization: with the code tokenizer "
+        "'__(' is one token, so previous_texts finds no prompt whose destination is '(' "
+        "(cell 22, then NameError in every later cell that uses prompt_sets), and the stand-in's "
+        "plant spreads its behaviours less (cell 18: spread < 0.3)"
+    ),
+}
+
+_TIMEOUT_S = 1800
+
+
+def _run(notebook: Path, weights: Path, tmp: Path) -> tuple[int, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE")}
+    env.update(
+        MECHINTERP_SOURCE="real",
+        MECHINTERP_WEIGHTS_DIR=str(weights),
+        HF_HOME=str(tmp / "hf"),  # an empty cache: only the export can be found
+        OMP_NUM_THREADS="1",
+        MKL_NUM_THREADS="1",
+        PYTHONHASHSEED="0",
+    )
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x", str(notebook.relative_to(ROOT))]
+    try:
+        out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=_TIMEOUT_S)
+    except subprocess.TimeoutExpired as err:
+        return 124, f"timed out after {_TIMEOUT_S} s\n{err.stdout or ''}"
+    return out.returncode, out.stdout + out.stderr
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    exports = standin_exports()
+    pool = cf.ThreadPoolExecutor(max_workers=2)
+    futures = {
+        run_id: pool.submit(_run, nb, exports / weights, tmp_path_factory.mktemp(run_id.replace("[", "-").replace("]", "")))
+        for run_id, nb, weights in RUNS
+    }
+    yield futures
+    pool.shutdown(wait=True, cancel_futures=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("run_id", [r[0] for r in RUNS])
+def test_solution_notebook_through_the_real_path(runs, run_id, request):
+    if run_id in PENDING:
+        request.applymarker(pytest.mark.xfail(reason=PENDING[run_id], strict=False))
+    code, output = runs[run_id].result()
+    assert code == 0, f"{run_id} failed through the real path:\n{output[-8000:]}"
