@@ -358,20 +358,6 @@ def _diagnose(chk: Check, actual: Any, kwargs: dict) -> str | None:
     return None
 
 
-def _log_for_grader(result: CheckResult) -> None:
-    """Append the result to $MECHINTERP_GRADE_LOG (JSON lines) when the grader runs us."""
-    path = os.environ.get("MECHINTERP_GRADE_LOG")
-    if not path:
-        return
-    import json
-
-    status = "passed" if result.passed else (
-        "not attempted" if "not written yet" in result.message else "failed"
-    )
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps({"name": result.name, "status": status, "message": result.message}) + "\n")
-
-
 def check(name: str, student_fn: Callable, **context: Any) -> CheckResult:
     """Check ``student_fn`` against the reference of exercise ``name``; print the verdict.
 
@@ -395,7 +381,6 @@ def check(name: str, student_fn: Callable, **context: Any) -> CheckResult:
         print(f"  Later cells use your {fn_name}.")
     elif result.function is not None:
         print(f"  Later cells use the course's {fn_name} until yours passes (edit it, then run this cell again).")
-    _log_for_grader(result)
     if not result.passed and os.environ.get("MECHINTERP_CHECKS_RAISE"):
         raise CheckFailed(text)
     return result

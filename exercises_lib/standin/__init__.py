@@ -33,6 +33,7 @@ Taught in: chapter 0 (setup), with one plant per chapter.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import math
 import pkgutil
@@ -335,6 +336,30 @@ def _merge_placement(plant: Plant, override: Mapping | None) -> dict:
     return placement
 
 
+def _on_one_thread(build: Callable) -> Callable:
+    """Run the build on one CPU thread: the same weights, bit for bit, on any number of cores.
+
+    Some of the build's reductions are split across threads, and the split
+    changes the last bits: with two threads instead of one, about two thirds of
+    GPT-2's stand-in weights differ, by up to 1.3e-6. Rounding cannot undo
+    that (a value near a rounding boundary still flips), so the build runs on
+    one thread. Forward passes need no such care: on the CPU they give the
+    same bits with one thread or several (``tests/test_determinism.py``).
+    """
+
+    @functools.wraps(build)
+    def on_one_thread(*args, **kwargs):
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return build(*args, **kwargs)
+        finally:
+            torch.set_num_threads(threads)
+
+    return on_one_thread
+
+
+@_on_one_thread
 def build_standin_weights(
     model_name: str,
     *,
