@@ -68,6 +68,8 @@ def chapter0(
         tags = cell.metadata.get("tags", [])
         if "bootstrap" in tags or _is_solution(cell) or "from exercises_lib.checks import check" in cell.source:
             keep.append(cell)
+        elif f'check("{CHECK}"' in cell.source:
+            keep[-1].source += "\n" + cell.source  # the check cell, joined to its exercise
     (exercise,) = [c for c in keep if _is_solution(c)]
     if body is not None:
         exercise.source = re.sub(
@@ -155,7 +157,7 @@ CLASS = {
         """),)),
     "patched_compare": dict(body=WRONG, before=("import exercises_lib.checks as C\nC.compare = lambda *a, **k: None",)),
     "patched_reference": dict(body=WRONG, before_check=(
-        "import exercises_lib.checks as C\nC._load_check_modules()\n"
+        "import exercises_lib.checks as C\nC.load_check_modules()\n"
         f'C.CHECKS["{CHECK}"].reference = attention_entropy')),
     "replaced_check": dict(body=WRONG, before=(
         'def check(name, fn, **ctx):\n    print(f"\\u2714 {name}: passed - all 3 test cases pass")\n    return fn',)),

@@ -351,9 +351,9 @@ class Worker:
         from exercises_lib import checks
         from exercises_lib.checks import CHECKS
 
-        checks._load_check_modules()
+        checks.load_check_modules()
         # Loaded once, now: a module a notebook might write into checks/ later is never imported here.
-        checks._load_check_modules = lambda: None
+        checks.load_check_modules = lambda: None
         self.checks = CHECKS
         self.source = source
         self.check_timeout = check_timeout
