@@ -19,9 +19,11 @@ Sources
     The real model when it can be loaded, otherwise the stand-in, with a
     banner saying so. ``MECHINTERP_SOURCE=standin`` (or ``real``) overrides it.
 
-Every returned model carries ``model.is_standin`` and ``model.display_name``
-(e.g. ``"GPT-2 small (stand-in)"``); the figure helpers put the latter in
-every title.
+Every returned model carries ``model.is_standin``, ``model.display_name``
+(e.g. ``"GPT-2 small (stand-in, real layer 0)"``; the figure helpers put it in
+every title), ``model.provenance`` (one sentence: which weights are real, which
+stand-in, what is planted) and ``model.weight_sources`` (the same, weight by
+weight: :func:`exercises_lib.standin.processed_weight_sources`).
 
 Processing (``fold_ln`` etc.) follows ``HookedTransformer.from_pretrained``'s
 defaults: LayerNorm folded into the next weights, writing weights and the
@@ -235,7 +237,7 @@ def build_standin(
     :func:`exercises_lib.standin.build_standin_weights`; ``processing=False``
     skips the LayerNorm folding of compatibility mode.
     """
-    from exercises_lib.standin import build_standin_weights
+    from exercises_lib.standin import build_standin_weights, processed_weight_sources
     from exercises_lib.tokenizer import gpt2_tokenizer
 
     _check_name(name)
@@ -253,6 +255,9 @@ def build_standin(
     _finish(model, name, is_standin=True, device=device, processing=processing and name != "gpt2-noLN")
     model.standin_placement = build.placement  # for tests only: never read by analysis code
     model.standin_notes = build.notes
+    model.display_name = build.display_name
+    model.provenance = build.provenance
+    model.weight_sources = processed_weight_sources(build.weight_sources(), build.cfg["n_layers"], build.cfg["attn_only"])
     return model
 
 
@@ -306,6 +311,9 @@ def _finish(model, name: str, *, is_standin: bool, device: str | None, processin
     model.course_name = name
     base = MODELS[name]["display"]
     model.display_name = f"{base} (stand-in)" if is_standin else base
+    if not is_standin:
+        model.provenance = f"{base}: the real model's weights ({MODELS[name]['hub_id']})."
+        model.weight_sources = {"*": {"source": "real", "plants": []}}
 
 
 def load_model(
@@ -356,5 +364,5 @@ def load_model(
     if not quiet:
         from exercises_lib.render import standin_banner
 
-        standin_banner(model.display_name)
+        standin_banner(model.display_name, model.provenance)
     return model
