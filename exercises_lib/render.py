@@ -185,7 +185,7 @@ def circuitsvis_html(vis: Any) -> str:
     return vis.local_src
 
 
-def standin_banner(model_name: str) -> None:
+def standin_banner(model_name: str, provenance: str | None = None) -> None:
     """Say, visibly, that the outputs below come from an offline stand-in model.
 
     In a notebook this displays one output with two forms: an HTML banner
@@ -194,13 +194,27 @@ def standin_banner(model_name: str) -> None:
     Outside IPython it prints the text line.
 
     ``model_name`` is the real model's name (``"GPT-2 small"``); a trailing
-    ``" (stand-in)"``, as in ``model.display_name``, is dropped.
+    parenthesis starting with ``"(stand-in"``, as in ``model.display_name``, is
+    dropped. ``provenance`` (``model.provenance``) says which weights are real
+    and which are built or planted; without it the banner says none is real.
     """
-    model_name = model_name.removesuffix(" (stand-in)")
-    text = (
-        f"[stand-in model] The figures and numbers below come from an offline "
-        f"stand-in for {model_name}, not from the real {model_name} weights."
-    )
+    if " (stand-in" in model_name:
+        model_name = model_name[: model_name.index(" (stand-in")]
+    if provenance:
+        text = (
+            f"[stand-in model] The figures and numbers below come from an offline stand-in for "
+            f"{model_name}. {provenance}"
+        )
+        detail = (
+            "Only the weights named real below are the real model's; every number that depends on the "
+            f"others is the stand-in's. {html.escape(provenance)}"
+        )
+    else:
+        text = (
+            f"[stand-in model] The figures and numbers below come from an offline "
+            f"stand-in for {model_name}, not from the real {model_name} weights."
+        )
+        detail = None
     name = html.escape(model_name)
     banner = (
         f'<div class="{STANDIN_BANNER_CLASS}" data-model="{name}" role="note" '
@@ -208,10 +222,14 @@ def standin_banner(model_name: str) -> None:
         "background:#fff7e6;color:#4a2f00;padding:0.6em 1em;margin:0.6em 0;"
         'border-radius:4px;font-family:system-ui,sans-serif;font-size:0.95em;">'
         "<strong>Stand-in model.</strong> The figures and numbers below come from "
-        f"an offline stand-in for <code>{name}</code>, not from the real "
-        f"<code>{name}</code> weights. They show how each method works; the "
-        "values will differ from the real model's."
-        "</div>"
+        + (
+            f"an offline stand-in for <code>{name}</code>. {detail}"
+            if detail
+            else f"an offline stand-in for <code>{name}</code>, not from the real "
+            f"<code>{name}</code> weights. They show how each method works; the "
+            "values will differ from the real model's."
+        )
+        + "</div>"
     )
     try:
         from IPython import get_ipython
