@@ -315,6 +315,8 @@ def predict_neuron_pre(
       * each uniform head attends uniformly to positions 0..n: mean_{i<=n} s1[i] PVO_h[i];
       * every other head attends to the current position: s1[n] PVO_h[n];
       * the direct path reads P[n] . W_in[:, neuron];
+      * the attention's output bias b_O (value biases folded in), the same at every
+        position, reads b_O . W_in[:, neuron];
     prediction[n] = s2 * (sum of the above) + b_in[neuron].
     """
     n_pos = tokens.shape[-1]
@@ -328,7 +330,8 @@ def predict_neuron_pre(
             total = total + pvo[head].cumsum(0) / counts
         else:
             total = total + pvo[head]
-    total = total + model.W_pos[:n_pos] @ model.W_in[LAYER][:, neuron]
+    w = model.W_in[LAYER][:, neuron]
+    total = total + model.W_pos[:n_pos] @ w + model.b_O[LAYER] @ w
     return ln2_scale * total + model.b_in[LAYER, neuron]
 
 
@@ -503,7 +506,8 @@ def _baseline(model, neuron, position, duplicate_head, uniform_heads, ln1_scale,
     """Predicted pre-activation of a token with no earlier copy at ``position`` (constant LN scales)."""
     n = position + 1
     pvo = _pvo_one_neuron(model, neuron, n) * ln1_scale
-    total = model.W_pos[position] @ model.W_in[LAYER][:, neuron]
+    w = model.W_in[LAYER][:, neuron]
+    total = model.W_pos[position] @ w + model.b_O[LAYER] @ w
     for head in range(model.cfg.n_heads):
         total = total + (pvo[head].mean() if head in uniform_heads else pvo[head, position])
     return ln2_scale * total + model.b_in[LAYER, neuron]
