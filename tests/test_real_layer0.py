@@ -20,6 +20,7 @@ import torch
 
 from exercises_lib import contextual as cx
 from exercises_lib import duplicate_tokens as dt
+from exercises_lib.layernorm import ln_scale
 from exercises_lib.standin import real_layer0 as R
 
 torch.set_grad_enabled(False)
@@ -49,11 +50,11 @@ def test_weights_round_trip_to_the_hugging_face_layout():
     """real_layer0_weights -> the stand-in's Hugging Face conversion gives back the file's tensors."""
     from safetensors.torch import load_file
 
-    from exercises_lib.models import _to_hf_gpt2_state_dict
+    from exercises_lib.models._bridges import tl_to_hf_gpt2
     from exercises_lib.standin import build_standin_weights
 
     build = build_standin_weights("gpt2-small", plants=[])
-    hf = _to_hf_gpt2_state_dict(build.weights, build.cfg)
+    hf = tl_to_hf_gpt2(build.weights, build.cfg)
     original = load_file(str(R.real_layer0_dir() / "model.safetensors"))
     for key, value in original.items():
         assert torch.equal(hf[key], value), key
@@ -350,10 +351,11 @@ def _pi_variant(model, dest_token, n_ctx, *, mask=True, sqrt=True):
     """cx.positional_pattern with one of its steps left out."""
     import math
 
-    W_Q, b_Q, W_K, b_K = cx._layer0(model)
+    w = cx.layer0_weights(model)
+    W_Q, b_Q, W_K, b_K = w["W_Q"], w["b_Q"], w["W_K"], w["b_K"]
     E, P = model.W_E[dest_token], model.W_pos[:n_ctx]
     x = E[None] + P
-    s = cx.ln_scale(x, model.cfg.eps)[:, None]
+    s = ln_scale(x, model.cfg.eps)[:, None]
     q = torch.einsum("pd,hde->hpe", s * x, W_Q) + b_Q[:, None]
     k = torch.einsum("pd,hde->hpe", s * P, W_K) + b_K[:, None]
     scores = torch.einsum("hne,hie->hni", q, k) / (math.sqrt(W_Q.shape[-1]) if sqrt else 1.0)
