@@ -164,7 +164,7 @@ def test_predicted_preactivation_of_an_unplanted_neuron_is_close(gpt2_standin):
 def analyse(model, n_texts=TOPIC_TEXTS):
     """Chapter 2's pipeline, weights and behaviour only; returns what it found."""
     found = {}
-    pi = cx.positional_pattern(model, THE, 400)
+    pi = cx.positional_pattern(model, THE, model.cfg.n_ctx)
     copy = cx.copy_attention_score(model, n_sequences=2)
     groups = cx.classify_heads(cx.head_features(pi), copy)
     found["groups"] = {k: set(v) for k, v in groups.items()}

@@ -1,10 +1,12 @@
-"""Chapter 1 claims (CLAIMS.md, chapter 1), one test per claim.
+"""Chapter 1 claims (CLAIMS.md, chapter 1), one test per claim or part of a claim.
 
-On the stand-in the expectations are what the plant was built to show, measured
-from behaviour; on GPT-2 small they are the write-up's figures (Gibson 2024,
-"Duplicate token neurons in the first layer of GPT-2"), with the tolerances
-stated in each test. Where the write-up gives no number, the real-model test
-asserts only the qualitative claim.
+Sources (``tests/claims/conftest.py``): on GPT-2 small the expectations are the write-up's figures
+(Gibson 2024, "Duplicate token neurons in the first layer of GPT-2") with the tolerances stated in
+each test; tests marked ``real_layer0`` are what GPT-2 small's real layer 0 and W_pos decide, and
+run offline on them (the stand-in's layer 0 is the real one; where token embeddings are needed,
+the stand-in's surrogate is used and named in the assertion messages); the other tests state what
+the stand-in's plants show (neuron 1168 and its MLP-0 input are planted) and, on the real model,
+the write-up's figures. Where the write-up gives no number the tolerance is ours, said so.
 """
 
 import functools
@@ -16,6 +18,9 @@ from exercises_lib import duplicate_tokens as dt
 
 torch.set_grad_enabled(False)
 pytestmark = pytest.mark.claims
+real_layer0 = pytest.mark.real_layer0
+
+SURROGATE = "with the stand-in's surrogate token embeddings (random, GPT-2-like norms; exercises_lib.standin.embeddings)"
 
 
 @functools.lru_cache(maxsize=None)
@@ -32,38 +37,58 @@ def _uniform_duplicate_head(model):
     return max(top2, key=lambda h: float(ratio[h, -2]))
 
 
-def test_claim1_three_duplicate_token_heads(course_model):
-    model = course_model("gpt2-small")
+def duplicate_head_findings(model) -> dict:
+    """Scores and ratios of claim 1.1 (separate so that the mutation tests can call it)."""
     rep = dt.repeated_random_tokens(model)
     rep_scores = dt.duplicate_token_score(dt.run_layer0(model, rep)["blocks.0.attn.hook_pattern"], rep)
     tokens, cache = _genesis(model)
-    text_scores = dt.duplicate_token_score(cache["blocks.0.attn.hook_pattern"], tokens)
-    assert set(rep_scores.topk(2).indices.tolist()) == {1, 5}
-    assert set(text_scores.topk(2).indices.tolist()) == {1, 5}
-    # 0.10: "about 25%" of its attention on copies (tolerance: 0.1 to 0.6 on text), third on text.
-    assert int(text_scores.topk(3).indices[2]) == 10
-    assert 0.1 < float(text_scores[10]) < 0.6
-    # 0.5 near-uniform over copies, 0.1 decaying (copy/self ratio at 200-400 tokens back).
-    ratio = dt.copy_to_self_ratio(cache["blocks.0.attn.hook_pattern"], tokens)
-    assert float(ratio[5, -2]) > 0.5 > float(ratio[1, -2])
+    pattern = cache["blocks.0.attn.hook_pattern"]
+    return dict(rep=rep_scores, text=dt.duplicate_token_score(pattern, tokens),
+                ratio=dt.copy_to_self_ratio(pattern, tokens))
 
 
-def test_claim2_layer0_ln_scale(course_model):
+@real_layer0
+def test_claim1_three_duplicate_token_heads(course_model, source):
+    """Heads 1 and 5 top the duplicate-token score on repeated random tokens and on Genesis; 10 is third;
+    5 attends to far copies as much as to itself, 1 only to near ones (copy/self ratio at 200-400 tokens)."""
     model = course_model("gpt2-small")
-    if model.is_standin:
-        pytest.skip("the stand-in stores E and P in orthogonal subspaces by construction, so the cosine is 0 "
-                    "and the orthogonal approximation is exact: the claim cannot fail on it")
-    E, P = model.W_E, model.W_pos
-    cos = torch.nn.functional.cosine_similarity(E[:5000:7, None, :], P[None, 100:1000:50, :], dim=-1)
-    assert cos.abs().mean() < 0.1  # write-up: about 0.05
-    assert abs(P[100:].norm(dim=-1).mean().item() - 3.35) < 0.3  # write-up: about 3.35 past 100
+    f = duplicate_head_findings(model)
+    where = "" if source == "real" else f" ({SURROGATE})"
+    assert set(f["rep"].topk(2).indices.tolist()) == {1, 5}, (f["rep"], where)
+    assert set(f["text"].topk(2).indices.tolist()) == {1, 5}, (f["text"], where)
+    assert int(f["text"].topk(3).indices[2]) == 10, (f["text"], where)
+    if source == "real":  # 0.10: "about 25%" of its attention on copies (tolerance: 0.1 to 0.6 on text)
+        assert 0.1 < float(f["text"][10]) < 0.6
+    # 0.5 near-uniform over copies, 0.1 decaying (ratio > 0.5 and < 0.5: our threshold; the write-up gives none).
+    assert float(f["ratio"][5, -2]) > 0.5 > float(f["ratio"][1, -2]), (f["ratio"][:, -2], where)
+
+
+@real_layer0
+def test_claim2_positional_norm_and_layer0_ln_scale(course_model, source):
+    """|P[i]| is about flat past position 100, about 3.35 (write-up). Tolerances (ours; the write-up says
+    "about"): mean within 0.15 of 3.35, relative spread below 0.1. The LN-scale approximation
+    sqrt(d) / sqrt(|E|^2 + |P|^2) is within 3% (median) and 10% (99th percentile) of the exact scale
+    on Genesis (ours; the write-up gives no error). On the real model also: mean |cos(E, P)| < 0.1
+    (write-up: about 0.05)."""
+    model = course_model("gpt2-small")
+    norms = model.W_pos[100:1000].norm(dim=-1)
+    assert abs(float(norms.mean()) - 3.35) < 0.15, float(norms.mean())
+    assert float(norms.std() / norms.mean()) < 0.1, float(norms.std() / norms.mean())
+    if source == "real":
+        E, P = model.W_E, model.W_pos
+        cos = torch.nn.functional.cosine_similarity(E[:5000:7, None, :], P[None, 100:1000:50, :], dim=-1)
+        assert cos.abs().mean() < 0.1  # write-up: about 0.05
     tokens, cache = _genesis(model)
     exact = 1 / cache["blocks.0.ln1.hook_scale"][..., 0]
     rel = ((dt.layer0_ln_scale_approx(model, tokens) - exact) / exact).abs()
-    assert rel.median() < 0.03 and torch.quantile(rel, 0.99) < 0.1
+    where = "" if source == "real" else SURROGATE
+    assert rel.median() < 0.03 and torch.quantile(rel, 0.99) < 0.1, (float(rel.median()), where)
 
 
-def test_claim3_duplicate_head_output_is_token_plus_positions(course_model):
+@real_layer0
+def test_claim3_duplicate_head_output_is_token_plus_positions(course_model, source):
+    """Heads 1 and 5's outputs are close to token part + positional part (relative error below 0.35:
+    ours, loose, the write-up gives none) and closer than the median head's."""
     model = course_model("gpt2-small")
     tokens, cache = _genesis(model)
     s1 = dt.layer0_ln_scale(model, tokens)[0]
@@ -73,12 +98,38 @@ def test_claim3_duplicate_head_output_is_token_plus_positions(course_model):
     for head in range(model.cfg.n_heads):
         tok, pos = dt.duplicate_head_output_parts(model, tokens[0], pattern[head], head, s1)
         errors.append(float(dt.relative_error(tok + pos, outs[head])[1:].median()))
-    tol = 0.1 if model.is_standin else 0.35  # real: no number in the write-up; a loose bound
-    assert errors[1] < tol and errors[5] < tol
-    assert max(errors[1], errors[5]) < sorted(errors)[len(errors) // 2]
+    assert errors[1] < 0.35 and errors[5] < 0.35, errors
+    assert max(errors[1], errors[5]) < sorted(errors)[len(errors) // 2], errors
 
 
-def test_claim4_pvo_norm_map_singles_out_neuron_1168(course_model):
+def head_positional_line(model, head: int) -> dict:
+    """The main direction of head ``head``'s positional output P[i] V O (positions 0-999, centred over
+    positions): its share of the variance and a line fitted to its size along i (20 <= i < 1000)."""
+    block = model.blocks[0]
+    out = model.W_pos[:1000] @ block.attn.W_V[head] @ block.attn.W_O[head]  # [pos, d_model]
+    _, S, Vh = torch.linalg.svd(out - out.mean(0), full_matrices=False)
+    share = float(S[0] ** 2 / (S**2).sum())
+    fit = dt.line_fit(out[20:] @ Vh[0], torch.arange(20, 1000))
+    return dict(share=share, **fit)
+
+
+@real_layer0
+def test_claim4_uniform_head_positional_output_is_a_line(course_model, source):
+    """Claim 1.4's real part: head 0.5's positional output P V_5 O_5 is mostly one direction whose size
+    falls or rises linearly with position and crosses zero near 500, so any MLP-0 neuron reading it has
+    a linear PVO curve crossing zero there (the write-up: "linear graphs passing through the origin at
+    about position 500"). Tolerances: share > 0.5 (ours: "mostly"), R^2 > 0.8 (ours), zero crossing
+    350-650 (the write-up's "about 500")."""
+    model = course_model("gpt2-small")
+    assert _uniform_duplicate_head(model) == 5
+    line = head_positional_line(model, 5)
+    assert line["share"] > 0.5 and line["r2"] > 0.8 and 350 < line["zero_crossing"] < 650, line
+
+
+def test_claim4_pvo_norm_map_singles_out_neuron_1168(course_model, source):
+    """The PVO norm map of head 5 singles out 1168, whose PVO curve is linear, falling, crossing ~500.
+    On the stand-in, 1168's MLP-0 input is planted (solved to read the real head 0.5): what is measured
+    here is that the analysis finds it."""
     model = course_model("gpt2-small")
     head = _uniform_duplicate_head(model)
     assert head == 5
@@ -95,20 +146,32 @@ def test_claim4_pvo_norm_map_singles_out_neuron_1168(course_model):
     # The write-up's convention: a multiplicative scale sqrt(d_model) / |x| (its "lnscale" multiplies the
     # residual), i.e. the inverse of TransformerLens's divisor ``hook_scale``.
     scale = 1 / cache["blocks.0.ln2.hook_scale"][0, 100:, 0]
-    # On both models: nearly constant over tokens and positions, which is what linearising it needs.
+    # Nearly constant over tokens and positions, which is what linearising it needs.
     assert scale.std() / scale.mean() < 0.15
     if not model.is_standin:
         # Write-up: "pretty stable around 1.2". Loose (a factor of 2 either way): the write-up gives one
         # rounded figure, does not say over which text or positions, and this was not run on real weights here.
         assert 0.6 < float(scale.median()) < 2.4
-    # The stand-in's value (about 4.6) is a consequence of how its residual stream was built, not a claim.
+    # The stand-in's value (about 0.9) depends on its surrogate embeddings: it is not a claim.
 
 
-def test_claim5_neuron_1168_reads_far_copies(course_model):
+@real_layer0
+def test_claim5_long_range_heads(course_model, source):
+    """Most layer-0 heads look a few dozen tokens back; the exceptions are 5 and 11 (mean attention
+    distance on Genesis more than twice the median head's: our rule, the write-up gives no number)."""
+    model = course_model("gpt2-small")
+    _, cache = _genesis(model)
+    distance = dt.mean_attention_distance(cache["blocks.0.attn.hook_pattern"])
+    assert set(dt.long_range_heads(distance)) == {5, 11}, distance
+
+
+def test_claim5_neuron_1168_reads_far_copies(course_model, source):
+    """Other components cancel head 5's slope along Genesis; copies ~100 tokens back add about +1.0;
+    a single far copy raises the pre-activation, a close one does not, nor one in the first tokens.
+    On the stand-in these are the planted neuron's behaviour with the real heads."""
     model = course_model("gpt2-small")
     tokens, cache = _genesis(model)
     pattern = cache["blocks.0.attn.hook_pattern"]
-    assert set(dt.long_range_heads(dt.mean_attention_distance(pattern))) == {5, 11}
     s1 = 1 / cache["blocks.0.ln1.hook_scale"][0, :, 0]
     s2 = 1 / cache["blocks.0.ln2.hook_scale"][0, :, 0]
     contrib = dt.positional_contributions_to_neuron(model, pattern[0], s1, s2, 1168)
@@ -119,25 +182,24 @@ def test_claim5_neuron_1168_reads_far_copies(course_model):
     # Copies ~100 tokens back add about +1.0: PVO_5[n - 100] - PVO_5[n], scaled.
     pvo5 = dt.pvo_contributions(model, 5)[:, 1168] * float(s1.median()) * float(s2.median())
     gain = float((pvo5[300:900] - pvo5[400:1000]).mean())
-    assert (0.5 < gain < 1.5) if model.is_standin else (0.4 < gain < 2.0)
-    # Behaviour: a single copy far back raises the pre-activation; a close one does not; nor early ones.
-    pre = dt.neuron_pre_vs_copy_distance(model, 1168, [None, 5, 300], position=600, n_samples=8)
-    assert pre[2] - pre[0] > 0.5 and pre[1] - pre[0] < 0.25 and pre[2] > 0
-    early = dt.neuron_pre_vs_copy_distance(model, 1168, [30], position=50, n_samples=8)
-    assert early[0] < pre[2] - 0.5
+    assert 0.4 < gain < 2.0
+    # Behaviour (32 random sequences per distance: the real heads' attention varies from token to token).
+    pre = dt.neuron_pre_vs_copy_distance(model, 1168, [None, 5, 300], position=600, n_samples=32)
+    assert pre[2] - pre[0] > 0.5 and pre[1] - pre[0] < 0.25 and pre[2] > 0, pre
+    early = dt.neuron_pre_vs_copy_distance(model, 1168, [30], position=50, n_samples=32)
+    assert early[0] < pre[2] - 0.5, (early, pre)
 
 
-def test_claim5_neuron_1168_prefers_occasional_over_constant_repeats(course_model):
+def test_claim5_neuron_1168_prefers_occasional_over_constant_repeats(course_model, source):
     """Write-up: neuron 1168 fires on words repeated occasionally, not on words repeated constantly.
 
-    Real model only. The stand-in was built from the uniform-attention formula, which predicts the
-    opposite (constant repeats have copies at all distances, so a large mean distance), and it fires
-    more on constant repeats: the claim is not reproduced there (chapter 1 says so).
+    Real model only: it comes from the neuron's top activations on real text, and the stand-in's neuron
+    is planted from the uniform-attention formula, which does not encode it.
     """
     model = course_model("gpt2-small")
     if model.is_standin:
-        pytest.skip("not reproduced on the stand-in: it follows the uniform-attention formula, which predicts "
-                    "a larger activation on constantly repeated words")
+        pytest.skip("not planted: the stand-in's neuron follows the uniform-attention formula, which says "
+                    "nothing about constant repeats; measured only where the real model loads")
     tokens, cache = _genesis(model)
     pre = cache["blocks.0.mlp.hook_pre"][0, :, 1168]
     mask = dt.earlier_copy_mask(tokens)[0]
@@ -149,7 +211,11 @@ def test_claim5_neuron_1168_prefers_occasional_over_constant_repeats(course_mode
     assert float(pre[occasional].mean()) > float(pre[constant].mean())
 
 
-def test_claim6_weights_only_prediction_tracks_the_neuron(course_model):
+def test_claim6_weights_only_prediction_tracks_the_neuron(course_model, source):
+    """The weights-only prediction (positions only; token terms left out, as in the write-up) follows the
+    neuron along Genesis. Tolerance (ours; the write-up states no error): correlation > 0.5 on the real
+    model; on the stand-in, whose heads are the real ones but whose token embeddings are a random
+    surrogate, the token terms the prediction leaves out are larger: correlation > 0.25."""
     model = course_model("gpt2-small")
     tokens, cache = _genesis(model)
     pattern = cache["blocks.0.attn.hook_pattern"]
@@ -160,8 +226,6 @@ def test_claim6_weights_only_prediction_tracks_the_neuron(course_model):
     pred = dt.predict_neuron_pre(model, tokens[0], 1168, dup, uniform, s1, s2)
     actual = cache["blocks.0.mlp.hook_pre"][0, :, 1168]
     corr = float(torch.corrcoef(torch.stack([pred[100:], actual[100:]]))[0, 1])
-    rmse = float((pred - actual)[100:].pow(2).mean().sqrt())
-    if model.is_standin:
-        assert corr > 0.9 and rmse < 0.6
-    else:  # the write-up states no error; the token terms it ignores make the fit looser
-        assert corr > 0.5
+    assert corr > (0.25 if model.is_standin else 0.5), corr
+    # The level is right too: the prediction's mean is within one standard deviation of the actual mean.
+    assert abs(float(pred[100:].mean() - actual[100:].mean())) < float(actual[100:].std()), (pred.mean(), actual.mean())
