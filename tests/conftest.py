@@ -54,3 +54,31 @@ def check_context(request):
         return ctx
 
     return build
+
+
+# ---------------------------------------------------------------------------
+# Long subprocess jobs run beside the suite (tests/_background.py)
+# ---------------------------------------------------------------------------
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """Start the background jobs of the selected tests: those of modules marked ``BACKGROUND_FIRST`` (the
+    longest single jobs) first, then in the order the tests come."""
+    if config.option.collectonly:
+        return
+    import _background
+
+    def module_of(item):
+        return getattr(item, "module", None)
+
+    ordered = sorted(items, key=lambda item: not getattr(module_of(item), "BACKGROUND_FIRST", False))
+    for item in ordered:
+        jobs_for = getattr(module_of(item), "background_jobs_for", None)
+        if jobs_for is not None:
+            _background.start(jobs_for(item))
+
+
+def pytest_sessionfinish(session, exitstatus):
+    import _background
+
+    _background.stop()

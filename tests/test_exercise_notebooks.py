@@ -5,21 +5,20 @@ twice: as generated (every exercise left blank) and with every exercise wrong
 (each stub returns the course's answer shifted by one, of the right shape, or
 raises where an answer cannot be shifted). Exercise cells only define
 functions and each check hands later cells the course's function when the
-learner's fails, so no cell may fail at all. The twelve runs share the
-machine's cores, one kernel per core.
+learner's fails, so no cell may fail at all. The twelve runs start with the
+session and share the machine's cores with it (``tests/_background.py``).
 """
 
 from __future__ import annotations
 
 import os
 import re
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from unittest import mock
 
 import nbformat
 import pytest
 
+import _background
 from exercises_lib.chapters import chapter_of_notebook
 from exercises_lib.generate import DEF_NAME
 
@@ -62,32 +61,36 @@ def _prepared(path: Path, mode: str):
 
 
 def _failing_cells(path: Path, mode: str) -> list[str]:
-    from nbclient import NotebookClient
+    from exercises_lib import kernel_wait
 
     nb = _prepared(path, mode)
-    NotebookClient(nb, timeout=900, kernel_name="python3", allow_errors=True,
-                   resources={"metadata": {"path": str(path.parent)}}).execute()
+    env = {k: v for k, v in os.environ.items() if k != "MECHINTERP_CHECKS_RAISE"}  # a failed check must not stop it
+    env.update(MECHINTERP_SOURCE="standin", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    kernel_wait.notebook_client(nb, timeout=900, kernel_name="python3", allow_errors=True,
+                                resources={"metadata": {"path": str(path.parent)}}).execute(env=env)
     return [f"cell {i}: {o.get('ename')}: {o.get('evalue', '')[:200]}"
             for i, cell in enumerate(nb.cells) for o in cell.get("outputs", []) if o.get("output_type") == "error"]
 
 
-@pytest.fixture(scope="module")
-def failures():
-    from exercises_lib import kernel_wait
+def _job_id(path: Path, mode: str) -> str:
+    return f"exercise-notebook:{path.stem}:{mode}"
 
-    kernel_wait.install()
-    runs = [(path, mode) for path in NOTEBOOKS for mode in MODES]
-    with mock.patch.dict(os.environ, {"MECHINTERP_SOURCE": "standin", "OMP_NUM_THREADS": "1"}):  # for the kernels
-        os.environ.pop("MECHINTERP_CHECKS_RAISE", None)  # a failed check must not stop the notebook
-        with ThreadPoolExecutor(max_workers=max(1, min(len(runs), os.cpu_count() or 1))) as pool:
-            return dict(zip(runs, pool.map(lambda run: _failing_cells(*run), runs)))
+
+def background_jobs_for(item) -> dict:
+    """The run a test of this module reads (started beside the suite: tests/_background.py)."""
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    if "path" not in params:
+        return {}
+    path, mode = params["path"], params["mode"]
+    return {_job_id(path, mode): lambda folder: _failing_cells(path, mode)}
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
-def test_every_cell_runs_with_the_exercises_blank_or_wrong(path, mode, failures):
-    assert failures[(path, mode)] == [], f"{path.name} with its exercises {mode}: " + "; ".join(failures[(path, mode)])
+def test_every_cell_runs_with_the_exercises_blank_or_wrong(path, mode, request):
+    failing = _background.result(_job_id(path, mode), lambda: background_jobs_for(request.node))
+    assert failing == [], f"{path.name} with its exercises {mode}: " + "; ".join(failing)
 
 
 def test_wrong_mode_replaces_every_stub():

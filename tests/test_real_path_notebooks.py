@@ -8,8 +8,8 @@ export: every ``load_model`` goes through TransformerLens's loaders and every
 a second time on an attn-only-4l built with the course's code tokenizer (not
 GPT-2's).
 
-The runs start together when the first test here needs them, two at a time
-(one per core, each with one thread), and each test reports its notebook's run.
+The runs start with the session, beside it, one per core, each kernel with one
+thread (``tests/_background.py``), and each test reports its notebook's run.
 ``PENDING`` lists the runs known to fail for a reason in the notebook itself,
 each with that reason: they are marked ``xfail(strict=False)`` until the
 notebook is changed, then removed from the list.
@@ -17,7 +17,6 @@ notebook is changed, then removed from the list.
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import os
 import subprocess
 import sys
@@ -25,6 +24,7 @@ from pathlib import Path
 
 import pytest
 
+import _background
 from _exports import standin_exports
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,22 +70,23 @@ def _run(notebook: Path, weights: Path, tmp: Path) -> tuple[int, str]:
     return out.returncode, out.stdout + out.stderr
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    exports = standin_exports()
-    pool = cf.ThreadPoolExecutor(max_workers=2)
-    futures = {
-        run_id: pool.submit(_run, nb, exports / weights, tmp_path_factory.mktemp(run_id.replace("[", "-").replace("]", "")))
-        for run_id, nb, weights in RUNS
-    }
-    yield futures
-    pool.shutdown(wait=True, cancel_futures=True)
+def _job_id(run_id: str) -> str:
+    return f"real-path-notebook:{run_id}"
+
+
+def background_jobs_for(item) -> dict:
+    """The run a test of this module reads (started beside the suite: tests/_background.py)."""
+    run_id = getattr(getattr(item, "callspec", None), "params", {}).get("run_id")
+    if run_id is None:
+        return {}
+    _, notebook, weights = next(r for r in RUNS if r[0] == run_id)
+    return {_job_id(run_id): lambda folder: _run(notebook, standin_exports() / weights, folder)}
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("run_id", [r[0] for r in RUNS])
-def test_solution_notebook_through_the_real_path(runs, run_id, request):
+def test_solution_notebook_through_the_real_path(run_id, request):
     if run_id in PENDING:
         request.applymarker(pytest.mark.xfail(reason=PENDING[run_id], strict=False))
-    code, output = runs[run_id].result()
+    code, output = _background.result(_job_id(run_id), lambda: background_jobs_for(request.node))
     assert code == 0, f"{run_id} failed through the real path:\n{output[-8000:]}"

@@ -33,6 +33,8 @@ from pathlib import Path
 
 import pytest
 
+import _background
+
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ("book/setup.md", "README.md")
 JUPYTER_START_TIMEOUT_S = 90
@@ -184,11 +186,12 @@ def _du_mb(path: Path) -> float:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and not f.is_symlink()) / 2**20
 
 
-@pytest.mark.slow
-def test_fresh_install_then_jupyterlab_starts(tmp_path):
-    """setup.md's commands, verbatim, in a fresh copy of the repository: install, then JupyterLab starts."""
+def _fresh_install(tmp_path: Path) -> str | None:
+    """setup.md's commands, verbatim, in a fresh copy of the repository: install, then JupyterLab starts.
+
+    Returns what was measured, or ``None`` when no package index can be reached."""
     if not _index_reachable(tmp_path):
-        pytest.skip("no package index reachable: the fresh install of book/setup.md needs one")
+        return None
     repo = tmp_path / "course"
     files = subprocess.run(
         ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
@@ -212,9 +215,28 @@ def test_fresh_install_then_jupyterlab_starts(tmp_path):
                            cwd=tmp_path, capture_output=True, text=True, check=True).stdout.strip()
     assert Path(where).resolve().is_relative_to(repo.resolve()), where
     measured = run_jupyterlab(repo, repo / ".venv" / "bin", tmp_path)
-    print(
-        "\nfresh install: "
+    return (
+        "fresh install: "
         + "; ".join(f"{c}: {t:.0f} s" for c, t in timings.items())
         + f"; .venv {_du_mb(repo / '.venv'):.0f} MB; JupyterLab (server API {measured['version']}) answered in"
         f" {measured['seconds_to_answer']:.1f} s"
     )
+
+
+#: The fresh install is the suite's longest single job (mostly pip): it starts first, beside the suite.
+BACKGROUND_FIRST = True
+_FRESH = "fresh-install"
+
+
+def background_jobs_for(item) -> dict:
+    """The fresh install, when its test is selected (tests/_background.py)."""
+    return {_FRESH: _fresh_install} if item.name == "test_fresh_install_then_jupyterlab_starts" else {}
+
+
+@pytest.mark.slow
+def test_fresh_install_then_jupyterlab_starts(request):
+    """setup.md's commands, verbatim, in a fresh copy of the repository: install, then JupyterLab starts."""
+    measured = _background.result(_FRESH, lambda: background_jobs_for(request.node))
+    if measured is None:
+        pytest.skip("no package index reachable: the fresh install of book/setup.md needs one")
+    print("\n" + measured)
