@@ -15,7 +15,8 @@ real model's) writes a newline and its indentation as one token; with GPT-2's
 tokenizer each space is a token. The templates are written for both.
 
 Every generator asks the model's own tokenizer which words are one token, so
-the prompts work with GPT-2's tokenizer (the stand-in) and attn-only-4l's own.
+the prompts work with GPT-2's tokenizer, the course's code tokenizer (the
+stand-in's) and attn-only-4l's own.
 :func:`make_prompt_sets` builds all three as
 :class:`exercises_lib.polysemantic.TemplatePrompts` (with
 :func:`exercises_lib.polysemantic.prompt_and_answer`).
