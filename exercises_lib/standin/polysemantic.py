@@ -86,7 +86,7 @@ PREV_FREQUENCIES = 10  # fastest sinusoid pairs used by the head's previous-toke
 PREV0_GAP = 7.0  # layer-0 head: score gap between i - 1 and its neighbours
 PREV_GAP = 5.0  # polysemantic head: the same gap (its peak is about 10.4)
 INDUCTION_SCORE = 20.0  # a perfect induction match
-INACTIVE_SCORE = 14.0  # BOS, from an inactive token
+INACTIVE_SCORE = 17.0  # BOS, from an inactive token (aimed high: BOS's token part lowers its LayerNorm scale)
 INDENT_SCORE = 6.5  # per space of depth difference between two newline+indent tokens
 
 #: Output sizes.
