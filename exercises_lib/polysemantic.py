@@ -577,10 +577,13 @@ def sweep_summary(drops: Float[Tensor, "seq"]) -> dict:
 def summary_rows(model, overall: dict, template_labels: dict, ablation: dict, sweeps: dict) -> list[tuple]:
     """Rows of chapter 3's summary table: (what, write-up, ours, how we know).
 
-    ``how`` is ``"real"`` on the real model and ``"planted"`` on the stand-in,
-    where each behaviour of head 1.4 was built in.
+    ``how`` is ``"real"`` on the real model. On the stand-in, rows saying
+    *which* behaviour 1.4 shows are ``"planted"`` (each behaviour was built
+    in), rows of accuracies, probabilities and drops ``"stand-in"`` (their
+    sizes are measured, not aimed at the write-up's).
     """
     how = "planted" if model.is_standin else "real"
+    measured = "stand-in" if model.is_standin else "real"
     active = ", ".join(f"{b} {overall[b]:.0%}" for b in BEHAVIOURS if b != "unknown" and overall.get(b, 0) >= 0.10)
     rows = [("behaviours of 1.4 over code (>= 10% of positions)", "several (Figure 1, no numbers)", active or "none", how)]
     expected = {"induction": "induction", "indentation": "bigger-indentation", "previous": "previous"}
@@ -593,7 +596,7 @@ def summary_rows(model, overall: dict, template_labels: dict, ablation: dict, sw
             f"{name}: clean -> ablated accuracy, p(correct)",
             f"{w['clean_accuracy']:.0%} -> {w['ablated_accuracy']:.0%}, {w['clean_prob']:.2f} -> {w['ablated_prob']:.2f}",
             f"{acc:.0%} -> {acc_abl:.0%}, {p:.2f} -> {p_abl:.2f}",
-            how,
+            measured,
         ))
         if name in sweeps:
             sw = sweep_summary(sweeps[name])
@@ -602,6 +605,6 @@ def summary_rows(model, overall: dict, template_labels: dict, ablation: dict, sw
                 f"{name}: drop at the destination; elsewhere",
                 f"~{WRITEUP_KEY_POSITION_DROP[name]:.2f}; < 0.05",
                 f"{sw['drop']:.2f} ({'at' if at_dest else 'NOT at'} the destination); {sw['largest_elsewhere']:.3f}",
-                how,
+                measured,
             ))
     return rows
