@@ -10,8 +10,13 @@ generators here follow its descriptions with our own words:
   deeper, then the line that closes it;
 * :func:`previous_texts`: ``def __init__(`` after a class with one attribute.
 
+The attn-only-4l stand-in uses the course's code tokenizer, which (like the
+real model's) writes a newline and its indentation as one token; with GPT-2's
+tokenizer each space is a token. The templates are written for both.
+
 Every generator asks the model's own tokenizer which words are one token, so
-the prompts work with GPT-2's tokenizer (the stand-in) and attn-only-4l's own.
+the prompts work with GPT-2's tokenizer, the course's code tokenizer (the
+stand-in's) and attn-only-4l's own.
 :func:`make_prompt_sets` builds all three as
 :class:`exercises_lib.polysemantic.TemplatePrompts` (with
 :func:`exercises_lib.polysemantic.prompt_and_answer`).
@@ -111,9 +116,9 @@ def induction_texts(model, n: int = 120, n_pairs: int = 3, seed: int = 0) -> lis
     ``class {A}{B}:`` is defined with a method, then a later line starts
     ``{x} = {A}``: the destination is ``{A}`` and the answer ``{B}``, the
     token after the earlier copy of ``{A}``. ``n_pairs`` class names; the
-    method, attribute and variable names vary. (The indentation does not:
-    with GPT-2's tokenizer each space is a token, and the prompts of a set
-    must have the same length.)
+    method, attribute and variable names and the indentation (2 or 4 spaces)
+    vary. (All prompts of a set must have the same length: with GPT-2's
+    tokenizer, where each space is a token, that keeps one indentation.)
     """
     rng = random.Random(seed)
     names, modules = _vocabulary(model)
@@ -123,7 +128,7 @@ def induction_texts(model, n: int = 120, n_pairs: int = 3, seed: int = 0) -> lis
         a, b = rng.choice(pairs)
         method = rng.choice(names)
         attr, var = rng.sample(names, 2)
-        ind = "    "
+        ind = rng.choice(["    ", "  "])
         texts.append(
             _preamble(modules, rng)
             + f"class {a}{b}:\n{ind}def {method}(self):\n{ind}{ind}return self.{attr}\n\n\n{var} = {a}{b}"
@@ -162,9 +167,11 @@ def previous_texts(model, n: int = 50, seed: int = 0) -> list[str]:
     """Previous-token prompts: the bracket of ``def __init__(``, answer ``self``.
 
     A class ``{A}{B}`` with one class attribute ``{attr} = {val}``, then
-    ``def __init__(``: the destination is ``(``, whose previous token says
-    which function is being defined; the answer is ``self``. The class line
-    has no brackets, so ``(`` has no earlier copy (no induction).
+    ``def __init__(``: the destination is the token that ends with the
+    bracket (``'('`` with GPT-2's tokenizer, ``'__('`` with the code
+    tokenizer), whose previous token says which function is being defined;
+    the answer is ``self``. The class line has no brackets, so the bracket
+    has no earlier copy (no induction).
     """
     rng = random.Random(seed)
     names, modules = _vocabulary(model)
@@ -177,7 +184,7 @@ def previous_texts(model, n: int = 50, seed: int = 0) -> list[str]:
         texts.append(_preamble(modules, rng) + f"class {a}{b}:\n    {attr} = {val}\n\n    def __init__(self")
 
     def check(s: list[str]) -> bool:
-        return s[-1].strip() == "self" and s[-2].strip() == "(" and s.count(s[-2]) == 1
+        return s[-1].strip() == "self" and s[-2].strip().endswith("(") and s.count(s[-2]) == 1
 
     return _equal_length(model, texts, n, check)
 

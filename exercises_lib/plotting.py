@@ -240,13 +240,15 @@ class _Table:
         )
 
 
-def summary_table(model, rows: Sequence[Sequence[str]], *, title: str = "Summary", show: bool = True):
+def summary_table(model, rows: Sequence[Sequence[str]], *, title: str = "Summary", show: bool = True,
+                  writeup_model: str = "GPT-2 small"):
     """A chapter's summary: one row per claim, with how each number is known.
 
-    Each row is ``(what, the write-up's value on GPT-2, our value, how)`` where
+    Each row is ``(what, the write-up's value on its real model, our value, how)`` where
     ``how`` is a key of :data:`HOW_WE_KNOW` (``"real"``, ``"real layer 0"``,
     ``"stand-in"``, ``"planted"``, ``"write-up"``). Shown as an HTML table in
     Jupyter and the book (never cut mid-column), as aligned text elsewhere.
+    ``writeup_model`` names the real model the write-up measured.
     """
     table_rows = []
     for row in rows:
@@ -256,7 +258,7 @@ def summary_table(model, rows: Sequence[Sequence[str]], *, title: str = "Summary
         if how not in HOW_WE_KNOW:
             raise ValueError(f"how we know {what!r} must be one of {sorted(HOW_WE_KNOW)}, not {how!r}")
         table_rows.append((what, theirs, ours, HOW_WE_KNOW[how]))
-    header = ("what", "write-up (GPT-2 small)", f"here ({_name(model)})", "how we know")
+    header = ("what", f"write-up ({writeup_model})", f"here ({_name(model)})", "how we know")
     table = _Table(header, table_rows, f"{title} [{_name(model)}]")
     if not show:
         return table

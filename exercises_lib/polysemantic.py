@@ -21,6 +21,9 @@ predictions. This module has the chapter's tools:
   at chosen destination positions; :func:`clean_vs_ablated` gives the table of
   top-1 accuracy and mean probability; :func:`ablation_sweep` ablates each
   position in turn, all positions in a few batched forward passes;
+* :func:`ablation_pattern` and :func:`sweep_summary` state what a table or a
+  sweep shows (the destination found by measurement, not assumed), and
+  :func:`summary_rows` the chapter's summary table;
 * figures and the explorer widget: :mod:`exercises_lib.polysemantic_plots`.
 
 Taught in: chapter 3 (a polysemantic attention head).
@@ -61,6 +64,9 @@ __all__ = [
     "ablation_sweep",
     "ablation_by_head",
     "ablation_table",
+    "ablation_pattern",
+    "sweep_summary",
+    "summary_rows",
 ]
 
 #: The labels, in the order of :func:`behaviour_table`'s columns.
@@ -542,3 +548,63 @@ def ablation_table(ours: dict[str, Tensor], model) -> str:
             )
     lines.append(f"ours: {model.display_name}; write-up: attn-only-4l (real), measured by its authors on their own prompts.")
     return "\n".join(lines)
+
+
+
+def ablation_pattern(table: Float[Tensor, "2 2"]) -> dict[str, bool]:
+    """What the write-up's tables show, tested on one ``[clean, ablated] x [accuracy, p]`` table.
+
+    * ``clean_accurate``: the clean model gets at least 80% right (write-up: 93%, 100%, 100%);
+    * ``costly``: BOS-ablation costs at least 0.15 of the mean probability of the correct
+      token and at least 40% of it (write-up: 0.28 to 0.09, 0.55 to 0.11, 0.87 to 0.40);
+    * ``no_gain``: the ablated accuracy is not higher than the clean one.
+    """
+    (acc, p), (acc_abl, p_abl) = table.tolist()
+    return {"clean_accurate": acc >= 0.8, "costly": p - p_abl >= 0.15 and p_abl <= 0.6 * p, "no_gain": acc_abl <= acc}
+
+
+def sweep_summary(drops: Float[Tensor, "seq"]) -> dict:
+    """Where an :func:`ablation_sweep` drops most, found from the drops alone.
+
+    ``position``: the position with the largest drop; ``drop``: that drop;
+    ``largest_elsewhere``: the largest ``|drop|`` at any other position.
+    """
+    k = int(drops.argmax())
+    others = torch.cat([drops[:k], drops[k + 1 :]])
+    return {"position": k, "drop": float(drops[k]), "largest_elsewhere": float(others.abs().max()) if len(others) else 0.0}
+
+
+def summary_rows(model, overall: dict, template_labels: dict, ablation: dict, sweeps: dict) -> list[tuple]:
+    """Rows of chapter 3's summary table: (what, write-up, ours, how we know).
+
+    ``how`` is ``"real"`` on the real model. On the stand-in, rows saying
+    *which* behaviour 1.4 shows are ``"planted"`` (each behaviour was built
+    in), rows of accuracies, probabilities and drops ``"stand-in"`` (their
+    sizes are measured, not aimed at the write-up's).
+    """
+    how = "planted" if model.is_standin else "real"
+    measured = "stand-in" if model.is_standin else "real"
+    active = ", ".join(f"{b} {overall[b]:.0%}" for b in BEHAVIOURS if b != "unknown" and overall.get(b, 0) >= 0.10)
+    rows = [("behaviours of 1.4 over code (>= 10% of positions)", "several (Figure 1, no numbers)", active or "none", how)]
+    expected = {"induction": "induction", "indentation": "bigger-indentation", "previous": "previous"}
+    for name, table in ablation.items():
+        w = WRITEUP_ABLATION[name]
+        (acc, p), (acc_abl, p_abl) = table.tolist()
+        share = template_labels[name].get(expected[name], 0.0)
+        rows.append((f"{name} template: 1.4 labelled {expected[name]}", "yes (attention figure)", f"{share:.0%} of prompts", how))
+        rows.append((
+            f"{name}: clean -> ablated accuracy, p(correct)",
+            f"{w['clean_accuracy']:.0%} -> {w['ablated_accuracy']:.0%}, {w['clean_prob']:.2f} -> {w['ablated_prob']:.2f}",
+            f"{acc:.0%} -> {acc_abl:.0%}, {p:.2f} -> {p_abl:.2f}",
+            measured,
+        ))
+        if name in sweeps:
+            sw = sweep_summary(sweeps[name])
+            at_dest = sw["position"] == len(sweeps[name]) - 1
+            rows.append((
+                f"{name}: drop at the destination; elsewhere",
+                f"~{WRITEUP_KEY_POSITION_DROP[name]:.2f}; < 0.05",
+                f"{sw['drop']:.2f} ({'at' if at_dest else 'NOT at'} the destination); {sw['largest_elsewhere']:.3f}",
+                measured,
+            ))
+    return rows

@@ -12,8 +12,9 @@ course's stand-in for it: a byte-level BPE tokenizer with the same three
 properties, trained on the course's texts and the Python standard library
 (``data/code_tokenizer/PROVENANCE.md``; ``tools/train_code_tokenizer.py``
 trains it again). A stand-in built with it
-(``build_standin("attn-only-4l", tokenizer=code_tokenizer())``) has a
-vocabulary that is not GPT-2's.
+and the attn-only-4l stand-in uses it by default (:func:`default_tokenizer`), so
+its vocabulary is not GPT-2's and its indentation is tokenized as the real
+model's is.
 
 Taught in: chapter 0 (setup); used everywhere.
 """
@@ -33,6 +34,7 @@ __all__ = [
     "CODE_TOKENIZER_ID",
     "CODE_TOKENIZER_VOCAB",
     "PACKAGED",
+    "default_tokenizer",
 ]
 
 #: The hub-style id under which an exported checkpoint names the code tokenizer.
@@ -81,3 +83,10 @@ def code_tokenizer() -> PreTrainedTokenizerFast:
 
 #: Tokenizers shipped with the course, by the hub id a checkpoint's config names them with.
 PACKAGED = {"gpt2": gpt2_tokenizer, CODE_TOKENIZER_ID: code_tokenizer}
+
+
+def default_tokenizer(model_name: str):
+    """The tokenizer a stand-in of ``model_name`` is built with when none is given:
+    the code tokenizer for attn-only-4l (like the real model's, it has newline+indent
+    tokens), GPT-2's for the GPT-2 models."""
+    return code_tokenizer() if model_name == "attn-only-4l" else gpt2_tokenizer()

@@ -110,7 +110,8 @@ def test_logits_at_and_head_patterns_match_a_full_forward(attn_only_standin):
 
 
 def test_bos_ablation_makes_the_head_write_bos_value(attn_only_standin):
-    """With the hook, the head's z at the ablated position is its value vector at BOS."""
+    """With the hook, the head's z at the ablated position is its value vector at BOS,
+    and that vector is not empty: BOS has a value like any token."""
     m = attn_only_standin
     tokens = m.to_tokens(["import os\nx = os.path", "for i in range(10):\n    print(i)"])[:, :9]
     pos = torch.tensor([8, 5])
@@ -120,14 +121,13 @@ def test_bos_ablation_makes_the_head_write_bos_value(attn_only_standin):
     z, v = cache["blocks.1.attn.hook_z"], cache["blocks.1.attn.hook_v"]
     for b in range(2):
         torch.testing.assert_close(z[b, pos[b], 4], v[b, 0, 4], atol=1e-5, rtol=1e-4)
-    # the stand-in's BOS carries nothing for the head to copy (only the quiet heads' noise)
-    assert v[:, 0, 4].norm(dim=-1).max() < 0.3 * v[:, 1:, 4].norm(dim=-1).mean()
+    assert v[:, 0, 4].norm(dim=-1).min() > 0.3 * v[:, 1:, 4].norm(dim=-1).mean()
 
 
-def test_bos_ablation_is_close_to_removing_the_head(attn_only_standin, sets):
-    """On the stand-in, attending to BOS is (almost) writing nothing: compare with zeroing z."""
+def test_bos_ablation_is_not_zero_ablation(attn_only_standin, sets):
+    """BOS-ablation writes BOS's value vector, so its logits differ from zeroing the head's output."""
     m, ps = attn_only_standin, sets["induction"]
-    tokens, answers = ps.tokens[:12], ps.answers[:12]
+    tokens = ps.tokens[:12]
     dest = tokens.shape[1] - 1
 
     def zero_z(z, hook):
@@ -135,10 +135,9 @@ def test_bos_ablation_is_close_to_removing_the_head(attn_only_standin, sets):
         return z
 
     hook = functools.partial(P.bos_ablation_hook, head=4, dest_positions=dest)
-    bos = P.logits_at(m, tokens, dest, [("blocks.1.attn.hook_pattern", hook)]).softmax(-1)
-    zero = P.logits_at(m, tokens, dest, [("blocks.1.attn.hook_z", zero_z)]).softmax(-1)
-    rows = torch.arange(len(answers))
-    assert (bos[rows, answers] - zero[rows, answers]).abs().max() < 0.01
+    bos = P.logits_at(m, tokens, dest, [("blocks.1.attn.hook_pattern", hook)])
+    zero = P.logits_at(m, tokens, dest, [("blocks.1.attn.hook_z", zero_z)])
+    assert (bos - zero).abs().max(-1).values.min() > 0.5
 
 
 def test_sweep_matches_one_forward_per_position(attn_only_standin, sets):
@@ -222,9 +221,12 @@ def test_default_plant(attn_only_standin, sets, code):
     toks = m.to_tokens("value = compute(R, width)\nresult = R")
     pat = P.head_patterns(m, toks, [1])[1][0, 4]
     assert pat[-1, 0] > 0.5
-    for name in ("induction", "previous"):
+    for name in ("induction", "indentation", "previous"):
         drops = P.ablation_by_head(m, sets[name].first(8))
         assert divmod(int(drops.argmax()), 8) == (1, 4)
+    # bigger indentation: from a dedented line, the head attends to the deeper lines above
+    labels = P.destination_labels(m, sets["indentation"], 1, 4)
+    assert labels.get("bigger-indentation", 0) >= 0.5
 
 
 @pytest.fixture(scope="module")
@@ -239,14 +241,14 @@ def test_moved_plant_is_found_there(moved, code):
     assert _previous_token_heads(moved, code) == {2}
     profile = P.head_behaviour_profile(moved, code)
     assert (P.polysemanticity(profile) >= 2).nonzero().tolist() == [[2, 3]]
-    sets = code_prompts.make_prompt_sets(moved, sizes={"induction": 12, "indentation": 4, "previous": 12})
-    for name in ("induction", "previous"):
+    sets = code_prompts.make_prompt_sets(moved, sizes={"induction": 12, "indentation": 12, "previous": 12})
+    for name in ("induction", "indentation", "previous"):
         drops = P.ablation_by_head(moved, sets[name])
         assert divmod(int(drops.argmax()), 8) == (2, 3)
         table = P.clean_vs_ablated(moved, sets[name].tokens, sets[name].answers, 2, 3)
         assert table[0, 1] - table[1, 1] >= 0.15 and table[1, 0] <= table[0, 0]
-    labels = P.destination_labels(moved, sets["induction"], 2, 3)
-    assert labels.get("induction", 0) >= 0.5
+    assert P.destination_labels(moved, sets["induction"], 2, 3).get("induction", 0) >= 0.5
+    assert P.destination_labels(moved, sets["indentation"], 2, 3).get("bigger-indentation", 0) >= 0.5
 
 
 def test_plant_placement_errors():

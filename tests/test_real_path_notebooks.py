@@ -5,8 +5,9 @@ The stand-ins are exported in their real models' hub layouts once
 with ``MECHINTERP_SOURCE=real`` and ``MECHINTERP_WEIGHTS_DIR`` pointing at the
 export: every ``load_model`` goes through TransformerLens's loaders and every
 ``if not model.is_standin:`` branch of the notebooks executes. Chapter 3 runs
-a second time on an attn-only-4l built with the course's code tokenizer (not
-GPT-2's).
+a second time on the attn-only-4l export in the folder
+``weights-code-tokenizer`` (built with the course's code tokenizer, the
+stand-in's default, and exported with that tokenizer's files).
 
 The runs start with the session, beside it, one per core, each kernel with one
 thread (``tests/_background.py``), and each test reports its notebook's run.
@@ -34,20 +35,7 @@ RUNS = [(nb.stem, nb, "weights") for nb in NOTEBOOKS] + [
 ]
 
 #: Runs that fail because of a notebook cell (not the library), with the reason.
-PENDING: dict[str, str] = {
-    "03_polysemantic_head": (
-        "cells 24, 30 and 34 assert, under `if not model.is_standin:`, the real model's indentation "
-        "behaviour (label share >= 0.5, accuracy >= 0.8, ablation drop at the destination); a "
-        "faithful export of the stand-in has no such mechanism: those assertions belong in the "
-        "claims tests, the cells should print the comparison"
-    ),
-    "03_polysemantic_head[code-tokenizer]": (
-        "the chapter's prompt templates assume GPT-2's tokenization: with the code tokenizer "
-        "'__(' is one token, so previous_texts finds no prompt whose destination is '(' "
-        "(cell 22, then NameError in every later cell that uses prompt_sets), and the stand-in's "
-        "plant spreads its behaviours less (cell 18: spread < 0.3)"
-    ),
-}
+PENDING: dict[str, str] = {}
 
 _TIMEOUT_S = 1800
 

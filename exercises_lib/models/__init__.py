@@ -134,12 +134,12 @@ def _resolve_source(source: str) -> str:
 # ---------------------------------------------------------------------------
 
 
-def _standin_tokenizer(tokenizer):
+def _standin_tokenizer(tokenizer, name: str):
     if tokenizer is not None:
         return tokenizer
-    from exercises_lib.tokenizer import gpt2_tokenizer
+    from exercises_lib.tokenizer import default_tokenizer
 
-    return gpt2_tokenizer()
+    return default_tokenizer(name)
 
 
 def _json_cfg(cfg: Mapping) -> dict:
@@ -162,14 +162,15 @@ def build_standin(
     ``plants``, ``placement`` and ``seed`` are passed to
     :func:`exercises_lib.standin.build_standin_weights`; ``processing=False``
     skips the LayerNorm folding of compatibility mode. ``tokenizer`` (default:
-    GPT-2's) sets the vocabulary: the stand-in's ``d_vocab`` is its size.
+    :func:`exercises_lib.tokenizer.default_tokenizer`: the code tokenizer for
+    attn-only-4l, GPT-2's otherwise) sets the vocabulary: the stand-in's ``d_vocab`` is its size.
     With ``cache`` (default), the built weights are read from and written to
     the disk cache (:mod:`exercises_lib.models.cache`).
     """
     from exercises_lib.models import _bridges, cache as disk
 
     check_name(name)
-    tok = _standin_tokenizer(tokenizer)
+    tok = _standin_tokenizer(tokenizer, name)
     processing = processing and name != "gpt2-noLN"
     cacheable = cache and (processing or name == "gpt2-noLN")
     key = disk.standin_key(name, plants=plants, placement=placement, seed=seed, processing=processing,

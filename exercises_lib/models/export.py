@@ -31,7 +31,7 @@ small ones' by their git object id, as the hub does.
 Command line::
 
     python -m exercises_lib.models.export ROOT [--layout folder|hf-cache] [--models gpt2-small ...]
-                                               [--code-tokenizer] [--manifest]
+                                               [--gpt2-tokenizer] [--manifest]
 
 Taught in: chapter 0 (setup).
 """
@@ -246,13 +246,14 @@ def export_standin(
 
     ``layout``: ``"folder"`` (``<root>/<hub id>/``, for ``MECHINTERP_WEIGHTS_DIR``)
     or ``"hf-cache"`` (a Hugging Face cache rooted at ``root``, for
-    ``HF_HUB_CACHE``). ``tokenizer`` (attn-only-4l only; default GPT-2's) is
+    ``HF_HUB_CACHE``). ``tokenizer`` (attn-only-4l only; default
+    :func:`exercises_lib.tokenizer.default_tokenizer`) is
     the stand-in's tokenizer; when it is not GPT-2's, its files are exported
     too, under the id the checkpoint's ``config.json`` names. ``manifest``
     (folder layout) also writes ``mechinterp-manifest.json``.
     """
     from exercises_lib.standin import build_standin_weights
-    from exercises_lib.tokenizer import gpt2_tokenizer
+    from exercises_lib.tokenizer import default_tokenizer, gpt2_tokenizer
 
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; the course's models are {sorted(MODELS)}")
@@ -260,7 +261,7 @@ def export_standin(
         raise ValueError("layout must be 'folder' or 'hf-cache'")
     if tokenizer is not None and name != "attn-only-4l":
         raise ValueError("only attn-only-4l has a tokenizer of its own; GPT-2's models use GPT-2's")
-    tok = tokenizer if tokenizer is not None else gpt2_tokenizer()
+    tok = tokenizer if tokenizer is not None else default_tokenizer(name)
     tok_id = "gpt2" if tok is gpt2_tokenizer() else _tokenizer_id(tok)
     build = build_standin_weights(name, plants=plants, placement=placement, seed=seed, tokenizer=tok)
     files = _model_files(name, build, tok, tok_id)
@@ -297,15 +298,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("root")
     parser.add_argument("--layout", choices=("folder", "hf-cache"), default="folder")
     parser.add_argument("--models", nargs="+", choices=sorted(MODELS), default=None)
-    parser.add_argument("--code-tokenizer", action="store_true",
-                        help="build attn-only-4l with the course's code tokenizer instead of GPT-2's")
+    parser.add_argument("--gpt2-tokenizer", action="store_true",
+                        help="build attn-only-4l with GPT-2's tokenizer instead of the course's code tokenizer")
     parser.add_argument("--manifest", action="store_true", help="write mechinterp-manifest.json in each folder")
     args = parser.parse_args(argv)
     tok = None
-    if args.code_tokenizer:
-        from exercises_lib.tokenizer import code_tokenizer
+    if args.gpt2_tokenizer:
+        from exercises_lib.tokenizer import gpt2_tokenizer
 
-        tok = code_tokenizer()
+        tok = gpt2_tokenizer()
     for name, path in export_standins(args.root, layout=args.layout, names=args.models, manifest=args.manifest,
                                       attn_only_tokenizer=tok).items():
         print(f"{name}: {path}")

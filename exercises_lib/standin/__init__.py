@@ -66,9 +66,10 @@ STANDIN_CONFIGS: dict[str, dict] = {
     ),
     "attn-only-4l": dict(
         # The real model has d_vocab 48262 (its own tokenizer); the stand-in
-        # uses the GPT-2 tokenizer, so its vocabulary is GPT-2's.
+        # uses the course's code tokenizer of the same size by default
+        # (``exercises_lib.tokenizer.default_tokenizer``).
         n_layers=4, n_heads=8, d_model=512, d_head=64, d_mlp=2048, n_ctx=2048,
-        d_vocab=50257, attn_only=True, act_fn="gelu", tied_embeddings=False,
+        d_vocab=48262, attn_only=True, act_fn="gelu", tied_embeddings=False,
     ),
 }
 STANDIN_CONFIGS["gpt2-noLN"] = dict(STANDIN_CONFIGS["gpt2-small"])
@@ -375,14 +376,15 @@ def build_standin_weights(
         plants: names of the plants to write (default: every plant of the model).
         placement: ``{plant_name: {key: value}}`` overriding default placements.
         seed: the seed of every random draw (the build is deterministic).
-        tokenizer: the stand-in's tokenizer (default: GPT-2's); ``d_vocab`` is its size.
+        tokenizer: the stand-in's tokenizer (default:
+            :func:`exercises_lib.tokenizer.default_tokenizer`); ``d_vocab`` is its size.
     """
     if model_name not in STANDIN_CONFIGS:
         raise ValueError(f"no stand-in for {model_name!r}; known: {sorted(STANDIN_CONFIGS)}")
     if tokenizer is None:
-        from exercises_lib.tokenizer import gpt2_tokenizer
+        from exercises_lib.tokenizer import default_tokenizer
 
-        tokenizer = gpt2_tokenizer()
+        tokenizer = default_tokenizer(model_name)
     cfg = dict(STANDIN_CONFIGS[model_name])
     cfg["d_vocab"] = len(tokenizer)  # the stand-in's vocabulary is its tokenizer's
     gen = torch.Generator().manual_seed(seed)

@@ -4,17 +4,17 @@ Jett, cmathw and StefanHex (2023) found that head 1.4 of TransformerLens's
 ``attn-only-4l`` does several unrelated things depending on the destination
 token: previous-token attention, induction, attention from a newline+indent
 token to lines of bigger indentation, and nothing at all (attending to BOS).
-This plant gives the stand-in a head with the first two and the last of these
-behaviours, plus the circuits the head needs:
+This plant gives the stand-in a head with all four, plus the circuits the
+head needs:
 
 * a **layer-0 previous-token head** (default 0.7) whose query is the key
   rotated back by one position (the trick of :mod:`.positional`), so it
-  attends from position ``i`` to ``i - 1``; its OV circuit copies a 43-dim
+  attends from position ``i`` to ``i - 1``; its OV circuit copies a 41-dim
   code ``M e`` of the attended token's embedding into a fresh subspace
   ``poly.prev_token``. After layer 0, position ``i`` therefore holds the
   identity of token ``i - 1``.
 * the **polysemantic head** (default 1.4). Its attention score is a sum of
-  three terms, each in its own head dimensions:
+  four terms, each in its own head dimensions:
 
   - *previous token*: the rotation trick again, with the 10 fastest sinusoid
     pairs of the positional embedding (20 dims);
@@ -23,6 +23,14 @@ behaviours, plus the circuits the head needs:
     head: the score is large at sources whose previous token equals the
     current one, larger than the previous-token score, so induction wins when
     an earlier copy exists;
+  - *bigger indentation* (2 dims): every newline+indent token of the
+    tokenizer (``"\n" + k`` spaces as one token) carries a feature
+    ``poly.indent`` and a feature ``poly.depth`` of size proportional to its
+    depth ``k``. The query of a newline+indent token reads ``(indent,
+    -depth)``, the key ``(depth, indent)``, so the score is proportional to
+    ``depth_source - depth_destination`` between two newline+indent tokens
+    (and zero otherwise): from a newline+indent token the head attends to the
+    earlier lines indented deeper, more than to an induction source;
   - *inactive*: the key reads a ``poly.bos`` feature that only the BOS token
     has, the query reads a ``poly.inactive`` feature that single letters and
     numbers (``' R'``, ``'x'``, ``' 2'``...) carry, so on those tokens the
@@ -30,18 +38,25 @@ behaviours, plus the circuits the head needs:
 
   Its OV circuit copies a 60-dim code ``C e`` of the attended token into the
   subspace ``poly.copy_out``, which the unembedding reads back as that token,
-  and carries one skip-trigram association of the kind code models learn:
-  a source ``'__'`` (as in ``__init__``) raises ``'self'``.
+  and carries two skip-trigram associations of the kind code models learn:
+  the token before the bracket of ``__init__(`` (``'__'`` with GPT-2's
+  tokenizer, ``'init'`` with the code tokenizer) raises ``'self'``, and a
+  newline+indent source (the ``poly.indent`` feature) raises ``')'``: a
+  line dedented after deeper lines often closes a bracket.
 
 The unembedding of the stand-in is rebuilt so that predictions come from
 these circuits (it reads ``poly.copy_out``), plus one bigram on the direct
-path, ``'('`` -> ``'self'``. The BOS token's embedding is replaced by the
-``poly.bos`` feature alone, so its value vector carries nothing to copy:
-making the head attend to BOS removes its output (a real ablation).
+path, bracket of ``__init__(`` -> ``'self'``. The BOS token's embedding is
+its own token embedding (scaled by 1/sqrt(2)) plus the ``poly.bos`` feature:
+its value vector is a copy code like any token's, so making the head attend
+to BOS writes a vector of the usual size (read by the unembedding as
+scattered logits; the BOS token itself is never predicted), not nothing.
 
-Bigger-indentation attention is *not* planted: with GPT-2's tokenizer, which
-the stand-in uses, indentation is spelled one space per token, so there are
-no newline+indent tokens to attend from or to.
+Bigger indentation needs a tokenizer with newline+indent tokens: the
+attn-only-4l stand-in is built with the course's code tokenizer by default
+(:func:`exercises_lib.tokenizer.default_tokenizer`). Built with GPT-2's
+tokenizer, which spells indentation one space per token, the head has no
+newline+indent tokens to attend from or to.
 
 Placement keys: ``prev_layer``, ``prev_head`` (the layer-0 previous-token
 head) and ``layer``, ``head`` (the polysemantic head); ``prev_layer`` must be
@@ -58,11 +73,12 @@ import re
 import torch
 
 from exercises_lib.standin import TOKEN_NORM, StandinBuild, register_plant
+from exercises_lib.vocab import single_token_id
 
 DEFAULT_PLACEMENT = {"prev_layer": 0, "prev_head": 7, "layer": 1, "head": 4}
 
 #: Sizes of the codes and of the positional part (head dims of 64 in all).
-MATCH_DIMS = 43  # token code the layer-0 head moves and the induction QK matches
+MATCH_DIMS = 41  # token code the layer-0 head moves and the induction QK matches
 COPY_DIMS = 60  # token code the polysemantic head copies to the output
 PREV_FREQUENCIES = 10  # fastest sinusoid pairs used by the head's previous-token term
 
@@ -70,17 +86,23 @@ PREV_FREQUENCIES = 10  # fastest sinusoid pairs used by the head's previous-toke
 PREV0_GAP = 7.0  # layer-0 head: score gap between i - 1 and its neighbours
 PREV_GAP = 5.0  # polysemantic head: the same gap (its peak is about 10.4)
 INDUCTION_SCORE = 20.0  # a perfect induction match
-INACTIVE_SCORE = 14.0  # BOS, from an inactive token
+INACTIVE_SCORE = 17.0  # BOS, from an inactive token (aimed high: BOS's token part lowers its LayerNorm scale)
+INDENT_SCORE = 6.5  # per space of depth difference between two newline+indent tokens
 
 #: Output sizes.
 PREV_WRITE = 0.4  # gain of the layer-0 head's OV (its write has norm ~2.5)
 COPY_GAIN = 0.5  # gain of the polysemantic head's OV copy
 COPY_LOGIT = 14.0  # logit of the copied token when the head attends only to it
-ASSOCIATIONS = (("__", "self", 0.8),)  # (source, output, logit relative to a copy)
-BIGRAMS = (("(", "self", 9.8),)  # direct path: (current token, next token, logit)
+SELF_ASSOCIATION = 0.8  # source before the bracket of ``__init__(`` -> 'self' (logit relative to a copy)
+SELF_BIGRAM = 9.8  # direct path: bracket of ``__init__(`` -> 'self' (logit)
+CLOSE_ASSOCIATION = 1.2  # newline+indent source -> ')' (logit relative to a copy)
 INACTIVE_FEATURE = 1.5  # size of the ``poly.inactive`` feature in the embedding
-#: Frequent tokens of Python source whose codes are made mutually orthogonal.
+INDENT_FEATURE = 1.5  # size of the ``poly.indent`` feature of newline+indent tokens
+DEPTH_UNIT = 0.05  # size of the ``poly.depth`` feature per space of indentation
+#: Frequent tokens of Python source whose codes are made mutually orthogonal
+#: (the first MATCH_DIMS of them that are single tokens).
 COMMON_CODE_TOKENS = [
+    "init", "__(", "def", "return", "\n    ", "\n        ", "\n            ",
     "(", ")", ":", ",", ".", "\n", "\n\n", " ", " =", "=", "__", " __", "init", " def", "self",
     " self", "):", " return", " in", " if", " for", "[", "]", " (", "'", '"', " import", " from",
     " class", "_", " None", " not", " is", " +", " ==", "\t", "#", " #", "()", " else", " or",
@@ -109,6 +131,26 @@ def inactive_token_ids(tokenizer) -> list[int]:
         if pattern.match(text):
             ids.append(idx)
     return sorted(ids)
+
+
+def indent_token_depths(tokenizer) -> dict[int, int]:
+    """Newline+indent tokens of the tokenizer (whitespace only, with a newline) and their depth:
+    the spaces after the last newline (a tab counts 4)."""
+    out = {}
+    for token, idx in tokenizer.get_vocab().items():
+        text = tokenizer.convert_tokens_to_string([token])
+        if "\n" in text and text.strip(" \t\r\n") == "":
+            tail = text.rsplit("\n", 1)[1]
+            out[idx] = tail.count(" ") + 4 * tail.count("\t")
+    return out
+
+
+def init_bracket_tokens(tokenizer) -> tuple[str, str]:
+    """(the token before the bracket, the bracket token) of ``def __init__(self`` in this tokenizer."""
+    toks = tokenizer.tokenize(" __init__(self")
+    strs = [tokenizer.convert_tokens_to_string([t]) for t in toks]
+    k = max(i for i, t in enumerate(strs) if t.endswith("("))
+    return strs[k - 1], strs[k]
 
 
 def _layer_scale(build: StandinBuild, extra_norm: float) -> float:
@@ -164,7 +206,9 @@ def plant_polysemantic_head(build: StandinBuild, where: dict) -> None:
     out_dirs = build.layout.direction("poly.copy_out", COPY_DIMS)
     bos_dir = build.layout.direction("poly.bos", 1)[0]
     inactive_dir = build.layout.direction("poly.inactive", 1)[0]
-    assoc_dirs = build.layout.direction("poly.associations", len(ASSOCIATIONS))
+    indent_dir = build.layout.direction("poly.indent", 1)[0]
+    depth_dir = build.layout.direction("poly.depth", 1)[0]
+    assoc_dirs = build.layout.direction("poly.associations", 2)  # [self, close]
     W_E = build.w("embed.W_E")
     # Re-draw the token embeddings so that every token's two codes have the
     # same norm (random projections would make some tokens' matches weaker
@@ -177,9 +221,8 @@ def plant_polysemantic_head(build: StandinBuild, where: dict) -> None:
     sizes = code_sizes + [rest]
     # The most common tokens of Python code get mutually orthogonal codes, so
     # they never mistake one another (a real model separates them well too).
-    common = [t for t in build.tokenizer.convert_tokens_to_ids(
-        [build.tokenizer.tokenize(w)[0] for w in COMMON_CODE_TOKENS if len(build.tokenizer.tokenize(w)) == 1]
-    )]
+    common = list(dict.fromkeys(i for i in (single_token_id(build.tokenizer, w) for w in COMMON_CODE_TOKENS) if i is not None))
+    common = common[:MATCH_DIMS]  # as many as the smaller code has dimensions
     for k in range(2):
         q, _ = torch.linalg.qr(parts[k][common].T)  # [code dims, n_common]
         parts[k][common] = q.T * parts[k][common].norm(dim=-1, keepdim=True)
@@ -187,11 +230,18 @@ def plant_polysemantic_head(build: StandinBuild, where: dict) -> None:
     W_E[:] = coords @ tok
     w_e_tok = W_E.clone()  # the token part of every embedding, before the features below
 
-    # Embedding features: BOS is only "BOS"; single letters and numbers carry "inactive".
+    # Embedding features: BOS is its token part and "BOS"; single letters and
+    # numbers carry "inactive"; newline+indent tokens carry "indent" and "depth".
     bos = build.tokenizer.bos_token_id
-    W_E[bos] = TOKEN_NORM * bos_dir
+    bos_feature = TOKEN_NORM / math.sqrt(2)
+    W_E[bos] = w_e_tok[bos] / math.sqrt(2) + bos_feature * bos_dir
     inactive = [t for t in inactive_token_ids(build.tokenizer) if t != bos]
     W_E[inactive] += INACTIVE_FEATURE * inactive_dir
+    indents = {t: d for t, d in indent_token_depths(build.tokenizer).items() if t != bos}
+    if indents:
+        ids = torch.tensor(sorted(indents))
+        depth = torch.tensor([float(indents[t]) for t in sorted(indents)])
+        W_E[ids] += INDENT_FEATURE * indent_dir + (DEPTH_UNIT * depth)[:, None] * depth_dir
 
     # Typical LayerNorm scales: layer-0 inputs, layer-1 inputs (with the write
     # of the layer-0 head), and BOS at layer 1 (position 0 has a large
@@ -225,11 +275,21 @@ def plant_polysemantic_head(build: StandinBuild, where: dict) -> None:
     b_Q[ind] = 0.0
     b_K[ind] = 0.0
     gate = build.layout.head_dims(L1, H1, "qk", 1).start
-    gate_match = s1 * INACTIVE_FEATURE * s_bos * TOKEN_NORM
+    gate_match = s1 * INACTIVE_FEATURE * s_bos * bos_feature
     W_Q[:, gate] = (INACTIVE_SCORE * math.sqrt(d_head) / gate_match) * inactive_dir
     W_K[:, gate] = bos_dir
     b_Q[gate] = 0.0
     b_K[gate] = 0.0
+    # Bigger indentation: q = a (indent, -depth), k = (depth, indent), so
+    # q.k = a s_d s_s INDENT_FEATURE DEPTH_UNIT (depth_s - depth_d).
+    dent = build.layout.head_dims(L1, H1, "qk", 2)
+    a = INDENT_SCORE * math.sqrt(d_head) / (s1 * s1 * INDENT_FEATURE * DEPTH_UNIT)
+    W_Q[:, dent.start] = a * indent_dir
+    W_K[:, dent.start] = depth_dir
+    W_Q[:, dent.start + 1] = -a * depth_dir
+    W_K[:, dent.start + 1] = indent_dir
+    b_Q[dent] = 0.0
+    b_K[dent] = 0.0
 
     # --- Polysemantic head, OV: copy C e into out_dirs; associations.
     W_V = build.w(f"blocks.{L1}.attn.W_V")[H1]
@@ -239,16 +299,17 @@ def plant_polysemantic_head(build: StandinBuild, where: dict) -> None:
     W_V[:, copy] = C.T
     b_V[copy] = 0.0
     W_O[copy, :] = COPY_GAIN * out_dirs
-    assoc = build.layout.head_dims(L1, H1, "ov", len(ASSOCIATIONS))
-    for k, (src, _, _) in enumerate(ASSOCIATIONS):
-        (src_id,) = build.token_ids([src])
-        e = w_e_tok[src_id]
-        W_V[:, assoc.start + k] = e / e.norm()
-        b_V[assoc.start + k] = 0.0
-        W_O[assoc.start + k, :] = COPY_GAIN * assoc_dirs[k]
+    assoc = build.layout.head_dims(L1, H1, "ov", 2)
+    before_bracket, bracket = init_bracket_tokens(build.tokenizer)
+    (src_id,), (self_id,), (bracket_id,) = build.token_ids([before_bracket]), build.token_ids(["self"]), build.token_ids([bracket])
+    e = w_e_tok[src_id]
+    W_V[:, assoc.start] = e / e.norm()  # 'self' after the token before the bracket
+    W_V[:, assoc.start + 1] = indent_dir  # ')' after newline+indent sources
+    b_V[assoc] = 0.0
+    W_O[assoc, :] = COPY_GAIN * assoc_dirs
 
     # --- Unembedding: read the copy code back as tokens, plus the associations
-    # and bigrams. At the final LayerNorm (scale s_f) a full-attention copy of
+    # and the bigram. At the final LayerNorm (scale s_f) a full-attention copy of
     # token u gives the coordinates s_f * COPY_GAIN * s1 * C e_u along out_dirs.
     copy_norm2 = TOKEN_NORM**2 * COPY_DIMS / n_tok  # E|C e|^2
     head_out = COPY_GAIN * s1 * math.sqrt(copy_norm2)
@@ -256,16 +317,16 @@ def plant_polysemantic_head(build: StandinBuild, where: dict) -> None:
     unit = s_f * COPY_GAIN * s1  # what one unit read by W_V becomes at the unembedding
     codes = w_e_tok @ C.T  # [vocab, k_c]
     W_U = (COPY_LOGIT / (unit * copy_norm2)) * (out_dirs.T @ codes.T)  # [d, vocab]
-    for k, (src, out, rel) in enumerate(ASSOCIATIONS):
-        (src_id,), (out_id,) = build.token_ids([src]), build.token_ids([out])
-        W_U[:, out_id] += (rel * COPY_LOGIT / (unit * float(w_e_tok[src_id].norm()))) * assoc_dirs[k]
-    for cur, nxt, logit in BIGRAMS:
-        (cur_id,), (nxt_id,) = build.token_ids([cur]), build.token_ids([nxt])
-        e = w_e_tok[cur_id]
-        W_U[:, nxt_id] += (logit / (s_f * float(e.norm()))) * (e / e.norm())
+    W_U[:, bos] = 0.0  # the BOS token is never predicted
+    W_U[:, self_id] += (SELF_ASSOCIATION * COPY_LOGIT / (unit * float(e.norm()))) * assoc_dirs[0]
+    (close_id,) = build.token_ids([")"])
+    W_U[:, close_id] += (CLOSE_ASSOCIATION * COPY_LOGIT / (unit * INDENT_FEATURE)) * assoc_dirs[1]
+    e = w_e_tok[bracket_id]
+    W_U[:, self_id] += (SELF_BIGRAM / (s_f * float(e.norm()))) * (e / e.norm())
     build.weights["unembed.W_U"] = W_U.contiguous()
     build.weights["unembed.b_U"] = torch.zeros(build.cfg["d_vocab"])
     build.notes.append(
-        f"polysemantic head {L1}.{H1} (previous-token, induction via {L0}.{H0}, inactive on "
-        "single letters and numbers), copying to a rebuilt unembedding"
+        f"polysemantic head {L1}.{H1} (previous-token, induction via {L0}.{H0}, bigger indentation on "
+        f"{len(indents)} newline+indent tokens, inactive on single letters and numbers), copying to a "
+        "rebuilt unembedding"
     )
