@@ -354,10 +354,10 @@ def test_the_time_limit_per_notebook(tmp_path):
 @slow
 def test_chapter1_filled_in_passes_and_a_wrapped_reference_is_flagged(tmp_path):
     """Chapter 1's exercise notebook with the solutions filled in, except
-    ``duplicate_token_score``, which calls ``dt.duplicate_token_score`` (the
+    ``duplicate_token_score``, which calls ``duplicate_tokens.duplicate_token_score`` (the
     notebook itself calls it in the next cell, so it is easy to find)."""
     wrapper = ("def duplicate_token_score(pattern, tokens):\n"
-               "    return dt.duplicate_token_score(pattern, tokens)\n")
+               "    return duplicate_tokens.duplicate_token_score(pattern, tokens)\n")
     path = tmp_path / "01_duplicate_token_heads.ipynb"
     nbformat.write(chapter1_filled({"duplicate_token_score": wrapper}), path)
     report = grade_notebooks([path], source="standin", progress=False)
