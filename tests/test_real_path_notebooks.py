@@ -4,10 +4,9 @@ The stand-ins are exported in their real models' hub layouts once
 (``_exports.standin_exports``) and each solution notebook runs under nbval
 with ``MECHINTERP_SOURCE=real`` and ``MECHINTERP_WEIGHTS_DIR`` pointing at the
 export: every ``load_model`` goes through TransformerLens's loaders and every
-``if not model.is_standin:`` branch of the notebooks executes. Chapter 3 runs
-a second time on the attn-only-4l export in the folder
-``weights-code-tokenizer`` (built with the course's code tokenizer, the
-stand-in's default, and exported with that tokenizer's files).
+``if not model.is_standin:`` branch of the notebooks executes (attn-only-4l
+is exported with the course's code tokenizer, its stand-in's default, and that
+tokenizer's files).
 
 The runs start with the session, beside it, one per core, each kernel with one
 thread (``tests/_background.py``), and each test reports its notebook's run.
@@ -30,9 +29,7 @@ from _exports import standin_exports
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "solutions").glob("*.ipynb"))
-RUNS = [(nb.stem, nb, "weights") for nb in NOTEBOOKS] + [
-    ("03_polysemantic_head[code-tokenizer]", ROOT / "solutions" / "03_polysemantic_head.ipynb", "weights-code-tokenizer"),
-]
+RUNS = [(nb.stem, nb, "weights") for nb in NOTEBOOKS]
 
 #: Runs that fail because of a notebook cell (not the library), with the reason.
 PENDING: dict[str, str] = {}
