@@ -49,6 +49,7 @@ __all__ = [
     "CLASSIFY_THRESHOLDS",
     "PARTIAL_DUPLICATE",
     "classify_heads",
+    "classification_margins",
     "copy_attention_score",
     "dest_queries",
     "normalisation_factors",
@@ -218,36 +219,51 @@ def factorise_pattern(
 # ---------------------------------------------------------------------------
 
 
-def head_features(pi: Float[Tensor, "head dest src"], n_min: int = 200) -> Float[Tensor, "head 2"]:
+def head_features(pi: Float[Tensor, "head dest src"], n_min: int = 500, window: int = 100) -> Float[Tensor, "head 2"]:
     """Two numbers per head, averaged over destinations ``n >= n_min``.
 
     * ``local_mass``: attention on the current and the three previous tokens,
       ``sum_{k=0..3} pi_n(n - k)``;
-    * ``effective_fraction``: the number of tokens the pattern is spread over,
-      ``N_eff = 1 / sum_i pi_n(i)^2``, divided by the ``n + 1`` tokens it could use.
+    * ``recent_mass``: attention on the last ``window`` tokens (the current one
+      included), ``sum_{k=0..window-1} pi_n(n - k)``.
+
+    A previous-token head has most of its pattern in the first; a head whose
+    pattern decays over some tens of tokens has most of it in the second but
+    little in the first; a head spread over the whole prefix has little in
+    either once ``n`` is several times ``window`` (hence ``n_min = 500``:
+    compute ``pi`` for the whole context).
     """
-    # SOLUTION: gather pi_n(n - k) for k = 0..3; N_eff = 1 / sum pi^2, divided by n + 1
-    dests = torch.arange(n_min, pi.shape[-2], device=pi.device)
+    n_dest = pi.shape[-2]
+    if n_min >= n_dest:
+        raise ValueError(
+            f"pi has {n_dest} destinations, none at or past n_min={n_min}: compute it for more positions "
+            "(e.g. positional_pattern(model, token, model.cfg.n_ctx)) or lower n_min"
+        )
+    if n_min < window - 1:
+        raise ValueError(f"n_min ({n_min}) must be at least window - 1 ({window - 1})")
+    # SOLUTION: gather pi_n(n - k) for k = 0..3; the mass on the last `window` tokens from a cumulative sum
+    dests = torch.arange(n_min, n_dest, device=pi.device)
     rows = pi[:, dests]  # [head, dest, src]
-    local = sum(rows[:, torch.arange(len(dests), device=pi.device), dests - k] for k in range(4))
-    fraction = 1.0 / rows.pow(2).sum(-1) / (dests + 1)
-    return torch.stack([local.mean(-1), fraction.mean(-1)], dim=-1)
+    idx = torch.arange(len(dests), device=pi.device)
+    local = sum(rows[:, idx, dests - k] for k in (0, 1, 2, 3))
+    cums = rows.cumsum(-1)  # cums[..., j] = sum_{i <= j} pi_n(i)
+    recent = cums[:, idx, dests] - cums[:, idx, dests - window]
+    return torch.stack([local.mean(-1), recent.mean(-1)], dim=-1)
     # END SOLUTION
 
 
 #: Thresholds of :func:`classify_heads` (shown to the reader).
 CLASSIFY_THRESHOLDS = {
-    "duplicate": 0.8,  # copy_attention_score above this: a duplicate-token head
-    "local": 0.5,  # local_mass above this: a detokenisation head
-    "spread_min": 0.05,  # contextual: spread over more than 5% ...
-    "spread_max": 0.6,  # ... and less than 60% of the available tokens
+    "duplicate": 0.15,  # copy_attention_score above this: a duplicate-token head
+    "local": 0.3,  # local_mass above this: a detokenisation head
+    "recent": 0.4,  # recent_mass above this (and not local): a contextual head
 }
 
 #: A contextual head whose copy_attention_score exceeds this also has duplicate-token
 #: behaviour (the write-up says so of head 10): with a fixed destination token its
 #: normaliser counts the earlier copies of that token, so it is left out when
 #: comparing how much the contextual heads' normalisers vary across texts.
-PARTIAL_DUPLICATE = 0.3
+PARTIAL_DUPLICATE = 0.1
 
 
 def classify_heads(
@@ -259,19 +275,19 @@ def classify_heads(
 
     1. ``duplicate``: ``copy_score > thresholds["duplicate"]``;
     2. ``detokenisation``: ``local_mass > thresholds["local"]``;
-    3. ``contextual``: ``spread_min < effective_fraction < spread_max``;
+    3. ``contextual``: ``recent_mass > thresholds["recent"]``;
     4. ``unclear``: everything else.
     """
     # SOLUTION: merge the thresholds, then test the rules in order for each head
     th = dict(CLASSIFY_THRESHOLDS, **(thresholds or {}))
     groups = {"duplicate": [], "detokenisation": [], "contextual": [], "unclear": []}
     for head in range(features.shape[0]):
-        local, fraction = float(features[head, 0]), float(features[head, 1])
+        local, recent = float(features[head, 0]), float(features[head, 1])
         if float(copy_score[head]) > th["duplicate"]:
             groups["duplicate"].append(head)
         elif local > th["local"]:
             groups["detokenisation"].append(head)
-        elif th["spread_min"] < fraction < th["spread_max"]:
+        elif recent > th["recent"]:
             groups["contextual"].append(head)
         else:
             groups["unclear"].append(head)
@@ -279,28 +295,57 @@ def classify_heads(
     # END SOLUTION
 
 
+def classification_margins(
+    features: Float[Tensor, "head 2"], copy_score: Float[Tensor, "head"], thresholds: dict | None = None
+) -> Float[Tensor, "head 3"]:
+    """Each head's distance to the three thresholds of :func:`classify_heads`:
+    ``[copy_score - duplicate, local_mass - local, recent_mass - recent]`` (positive: above it)."""
+    th = dict(CLASSIFY_THRESHOLDS, **(thresholds or {}))
+    return torch.stack([
+        copy_score.to(features.device, features.dtype) - th["duplicate"],
+        features[:, 0] - th["local"],
+        features[:, 1] - th["recent"],
+    ], dim=-1)
+
+
 def copy_attention_score(
     model, period: int = 25, n_repeats: int = 4, n_sequences: int = 4, seed: int = 0
 ) -> Float[Tensor, "head"]:
-    """Attention on copies of the current token (itself included), per layer-0 head.
+    """Attention on *earlier* copies of the current token beyond what position alone gives them, per layer-0 head.
 
-    Sequences ``<|endoftext|>`` + ``period`` random tokens repeated ``n_repeats``
-    times; the score is the attention mass on positions holding the current
-    token, averaged over the destinations of the repeats. A head that attends
-    only to copies scores 1 (a token is its own copy); one that ignores
-    content scores about ``(copies + 1) / (tokens it spreads over)``.
-    (Chapter 1 studies these heads in depth.)
+    Sequences ``<|endoftext|>`` + ``period`` random tokens repeated
+    ``n_repeats`` times. At each destination ``n`` of the repeats (earlier
+    copies at ``n - period``, ``n - 2 period``, ...)::
+
+        copy_n = sum_{i < n, t_i = t_n} a_{n,i}      (the real attention on earlier copies)
+        pos_n  = sum_{i < n, t_i = t_n} pi_n(i)      (what the positional pattern alone puts there)
+
+    and the score is the mean over destinations of ``copy_n - pos_n``. The token
+    itself does not count as a copy: a head that looks at the current position
+    (a previous-token head does, positionally) scores about 0, as does a head
+    that ignores content; a head that attends to nothing but earlier copies
+    scores nearly 1. ``pi`` uses the real queries and LayerNorm scales
+    (as :func:`factorise_pattern`). (Chapter 1 studies these heads in depth.)
     """
     g = torch.Generator().manual_seed(seed)
     block = torch.randint(1000, 20000, (n_sequences, period), generator=g)
     bos = torch.full((n_sequences, 1), 50256)
     tokens = torch.cat([bos, block.repeat(1, n_repeats)], dim=1)
-    cache = layer0_cache(model, tokens, names=("blocks.0.attn.hook_pattern",))
+    n = tokens.shape[1]
+    cache = layer0_cache(
+        model, tokens, names=("blocks.0.attn.hook_pattern", "blocks.0.attn.hook_q", "blocks.0.ln1.hook_scale")
+    )
     pattern = cache["blocks.0.attn.hook_pattern"]  # [batch, head, dest, src]
-    same = (tokens[:, :, None] == tokens[:, None, :]) & torch.ones(tokens.shape[1], tokens.shape[1], dtype=torch.bool).tril()
-    same = same.to(pattern.device)
-    mass = (pattern * same[:, None]).sum(-1)  # [batch, head, dest]
-    return mass[:, :, 1 + period :].mean((0, 2))
+    W_K, b_K = layer0_weights(model)["W_K"], layer0_weights(model)["b_K"]
+    s = 1.0 / cache["blocks.0.ln1.hook_scale"]  # the LN scale (the multiplier), [batch, pos, 1]
+    q = cache["blocks.0.attn.hook_q"].transpose(1, 2)  # [batch, head, pos, d_head]
+    k_pos = torch.einsum("bpd,hde->bhpe", s * _P(model)[:n], W_K) + b_K[None, :, None]
+    mask = torch.ones(n, n, dtype=torch.bool, device=q.device).tril()
+    pi = (torch.einsum("bhne,bhie->bhni", q, k_pos) / math.sqrt(W_K.shape[-1])).masked_fill(~mask, float("-inf")).softmax(-1)
+    tokens = tokens.to(pattern.device)
+    earlier = (tokens[:, :, None] == tokens[:, None, :]) & mask.tril(-1).to(pattern.device)
+    excess = ((pattern - pi) * earlier[:, None]).sum(-1)  # [batch, head, dest]
+    return excess[:, :, 1 + period :].mean((0, 2))
 
 
 def stopword_ids(model) -> Tensor:

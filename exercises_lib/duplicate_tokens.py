@@ -327,13 +327,16 @@ def predict_neuron_pre(
       * each uniform head attends uniformly to positions 0..n: mean_{i<=n} s1[i] PVO_h[i];
       * every other head attends to the current position: s1[n] PVO_h[n];
       * the direct path reads P[n] . W_in[:, neuron];
+      * the attention's output bias b_O (value biases folded in), the same at every
+        position, reads b_O . W_in[:, neuron];
     prediction[n] = s2 * (sum of the above) + b_in[neuron].
     """
     # SOLUTION: scaled PVO per head; copies for the duplicate head, running mean for uniform heads, current position otherwise
     n_pos = tokens.shape[-1]
     pvo = pvo_of_neuron(model, neuron, n_pos) * ln1_scale[None]  # [head, pos]
     counts = torch.arange(1, n_pos + 1, device=pvo.device, dtype=pvo.dtype)
-    total = model.W_pos[:n_pos] @ model.blocks[0].mlp.W_in[:, neuron]  # the direct path
+    w_in = model.blocks[0].mlp.W_in[:, neuron]
+    total = (model.W_pos[:n_pos] + model.b_O[0]) @ w_in  # the direct path and the attention's output bias
     for h in range(model.cfg.n_heads):
         if h == duplicate_head:
             total = total + uniform_copy_weights(tokens) @ pvo[h]
@@ -493,7 +496,8 @@ def _baseline(model, neuron, position, duplicate_head, uniform_heads, ln1_scale,
     """Predicted pre-activation of a token with no earlier copy at ``position`` (constant LN scales)."""
     n = position + 1
     pvo = pvo_of_neuron(model, neuron, n) * ln1_scale
-    total = model.W_pos[position] @ model.W_in[LAYER][:, neuron]
+    w = model.W_in[LAYER][:, neuron]
+    total = model.W_pos[position] @ w + model.b_O[LAYER] @ w
     for head in range(model.cfg.n_heads):
         total = total + (pvo[head].mean() if head in uniform_heads else pvo[head, position])
     return ln2_scale * total + model.b_in[LAYER, neuron]

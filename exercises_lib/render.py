@@ -185,7 +185,7 @@ def circuitsvis_html(vis: Any) -> str:
     return vis.local_src
 
 
-def standin_banner(model_name: str, reason: str | None = None) -> None:
+def standin_banner(model_name: str, provenance: str | None = None, reason: str | None = None) -> None:
     """Say, visibly, that the outputs below come from an offline stand-in model.
 
     In a notebook this displays one output with two forms: an HTML banner
@@ -194,24 +194,40 @@ def standin_banner(model_name: str, reason: str | None = None) -> None:
     Outside IPython it prints the text line.
 
     ``model_name`` is the real model's name (``"GPT-2 small"``); a trailing
-    ``" (stand-in)"``, as in ``model.display_name``, is dropped. ``reason``
-    (why the real weights were not used) is shown below when given.
+    parenthesis starting with ``"(stand-in"``, as in ``model.display_name``, is
+    dropped. ``provenance`` (``model.provenance``) says which weights are real
+    and which are built or planted; without it the banner says none is real.
+    ``reason`` (why the real weights were not used) is shown below when given.
     """
-    model_name = model_name.removesuffix(" (stand-in)")
-    text = (
-        f"[stand-in model] The figures and numbers below come from an offline "
-        f"stand-in for {model_name}, not from the real {model_name} weights."
-    )
+    if " (stand-in" in model_name:
+        model_name = model_name[: model_name.index(" (stand-in")]
     name = html.escape(model_name)
+    if provenance:
+        text = (
+            f"[stand-in model] The figures and numbers below come from an offline stand-in for "
+            f"{model_name}. {provenance}"
+        )
+        body = (
+            f"an offline stand-in for <code>{name}</code>. Only the weights named real below are the real "
+            f"model's; every number that depends on the others is the stand-in's. {html.escape(provenance)}"
+        )
+    else:
+        text = (
+            f"[stand-in model] The figures and numbers below come from an offline "
+            f"stand-in for {model_name}, not from the real {model_name} weights."
+        )
+        body = (
+            f"an offline stand-in for <code>{name}</code>, not from the real "
+            f"<code>{name}</code> weights. They show how each method works; the "
+            "values will differ from the real model's."
+        )
     banner = (
         f'<div class="{STANDIN_BANNER_CLASS}" data-model="{name}" role="note" '
         'style="border:1px solid #d97706;border-left:6px solid #d97706;'
         "background:#fff7e6;color:#4a2f00;padding:0.6em 1em;margin:0.6em 0;"
         'border-radius:4px;font-family:system-ui,sans-serif;font-size:0.95em;">'
         "<strong>Stand-in model.</strong> The figures and numbers below come from "
-        f"an offline stand-in for <code>{name}</code>, not from the real "
-        f"<code>{name}</code> weights. They show how each method works; the "
-        "values will differ from the real model's."
+        + body
         + (f'<br><small>Why: {html.escape(reason)}</small>' if reason else "")
         + "</div>"
     )

@@ -151,22 +151,27 @@ register_check(
 
 def _features_cases(model):
     the = _tok(model, " the")
-    pi = cx.positional_pattern(model, the, 260)
+    pi = cx.positional_pattern(model, the, 700)
     return [
-        {"pi": pi, "n_min": 200},
-        {"pi": random_pattern(3, 40, seed=1, scale=3.0), "n_min": 10},
-        {"pi": random_pattern(2, 25, seed=2, scale=0.5), "n_min": 4},
+        {"pi": pi, "n_min": 500, "window": 100},
+        {"pi": random_pattern(3, 40, seed=1, scale=3.0), "n_min": 10, "window": 6},
+        {"pi": random_pattern(2, 25, seed=2, scale=0.5), "n_min": 8, "window": 5},
     ]
 
 
-def _features_variant(pi, n_min, *, ks=(0, 1, 2, 3), absolute=False, squared_sum=False, all_dests=False):
-    start = 3 if all_dests else n_min  # all destinations that have three previous tokens
+def _features_variant(pi, n_min, window=100, *, ks=(0, 1, 2, 3), skip_current=False, whole_prefix=False, all_dests=False):
+    start = window - 1 if all_dests else n_min  # every destination with a full window
     dests = torch.arange(start, pi.shape[-2], device=pi.device)
     rows = pi[:, dests]
-    local = sum(rows[:, torch.arange(len(dests), device=pi.device), dests - k] for k in ks)
-    n_eff = rows.pow(2).sum(-1) if squared_sum else 1.0 / rows.pow(2).sum(-1)
-    frac = n_eff if absolute else n_eff / (dests + 1).to(pi.dtype)
-    return torch.stack([local.mean(-1), frac.mean(-1)], dim=-1)
+    idx = torch.arange(len(dests), device=pi.device)
+    local = sum(rows[:, idx, dests - k] for k in ks)
+    cums = rows.cumsum(-1)
+    recent = cums[:, idx, dests] - cums[:, idx, dests - window]
+    if skip_current:
+        recent = recent - rows[:, idx, dests]
+    if whole_prefix:
+        recent = cums[:, idx, dests]
+    return torch.stack([local.mean(-1), recent.mean(-1)], dim=-1)
 
 
 register_check(
@@ -177,20 +182,21 @@ register_check(
     model=MODEL,
     hint=(
         "For destinations n >= n_min: local_mass = pi_n(n) + pi_n(n-1) + pi_n(n-2) + pi_n(n-3); "
-        "effective_fraction = (1 / sum_i pi_n(i)^2) / (n + 1); average each over n; stack as [head, 2]."
+        "recent_mass = pi_n(n) + ... + pi_n(n - window + 1) (a cumsum along the sources helps); "
+        "average each over n; stack as [head, 2]."
     ),
     mistakes={
-        "the current token left out of local_mass (k = 1..3 instead of 0..3)": lambda pi, n_min: _features_variant(pi, n_min, ks=(1, 2, 3)),
-        "N_eff not divided by the n + 1 available tokens": lambda pi, n_min: _features_variant(pi, n_min, absolute=True),
-        "sum_i pi^2 instead of its inverse": lambda pi, n_min: _features_variant(pi, n_min, squared_sum=True),
-        "averaged over every destination, ignoring n_min": lambda pi, n_min: _features_variant(pi, n_min, all_dests=True),
+        "the current token left out of local_mass (k = 1..3 instead of 0..3)": lambda pi, n_min, window=100: _features_variant(pi, n_min, window, ks=(1, 2, 3)),
+        "the current token left out of recent_mass": lambda pi, n_min, window=100: _features_variant(pi, n_min, window, skip_current=True),
+        "recent_mass summed over the whole prefix, not the last `window` tokens": lambda pi, n_min, window=100: _features_variant(pi, n_min, window, whole_prefix=True),
+        "averaged over every destination, ignoring n_min": lambda pi, n_min, window=100: _features_variant(pi, n_min, window, all_dests=True),
     },
 )
 
 
 def _classify_cases(model):
     the = _tok(model, " the")
-    features = cx.head_features(cx.positional_pattern(model, the, 300))
+    features = cx.head_features(cx.positional_pattern(model, the, 700))
     copy = cx.copy_attention_score(model, n_sequences=2)
     g = torch.Generator().manual_seed(3)
     synthetic = torch.rand(10, 2, generator=g)
@@ -199,10 +205,11 @@ def _classify_cases(model):
     # A head on every boundary's right side: strictness matters only there.
     edge = torch.tensor([[0.9, 0.5], [0.2, 0.3], [0.2, 0.3], [0.2, 0.9]])
     edge_copy = torch.tensor([0.95, 0.1, 0.85, 0.1])
+    synthetic[:, 0] *= 0.6
     return [
         {"features": features, "copy_score": copy, "thresholds": None},
         {"features": synthetic, "copy_score": copy_syn, "thresholds": None},
-        {"features": edge, "copy_score": edge_copy, "thresholds": {"duplicate": 0.9, "spread_max": 0.95}},
+        {"features": edge, "copy_score": edge_copy, "thresholds": {"duplicate": 0.9, "recent": 0.25}},
     ]
 
 
@@ -229,7 +236,7 @@ def _classify_variant(features, copy_score, thresholds=None, *, order="dup-local
         tests = {
             "duplicate": dup > th["duplicate"],
             "detokenisation": local > th["local"],
-            "contextual": th["spread_min"] < frac < th["spread_max"],
+            "contextual": frac > th["recent"],
         }
         sequence = ["detokenisation", "duplicate", "contextual"] if order == "local-dup-spread" else ["duplicate", "detokenisation", "contextual"]
         for group in sequence:
@@ -250,7 +257,7 @@ register_check(
     model=MODEL,
     hint=(
         "Merge the thresholds into CLASSIFY_THRESHOLDS (dict(CLASSIFY_THRESHOLDS, **(thresholds or {}))), then for each head "
-        "test duplicate, then detokenisation, then contextual (spread_min < fraction < spread_max), else unclear."
+        "test duplicate, then detokenisation, then contextual (recent_mass > recent), else unclear."
     ),
     mistakes={
         "the rules tested in another order (detokenisation before duplicate)": lambda **kw: _classify_variant(**kw, order="local-dup-spread"),

@@ -412,6 +412,11 @@ def _predict_dup_as_current(model, tokens, neuron, duplicate_head, uniform_heads
     return dt.predict_neuron_pre(model, tokens, neuron, -1, uniform_heads, ln1_scale, ln2_scale)
 
 
+def _predict_no_attention_bias(model, tokens, neuron, duplicate_head, uniform_heads, ln1_scale, ln2_scale):
+    full = dt.predict_neuron_pre(model, tokens, neuron, duplicate_head, uniform_heads, ln1_scale, ln2_scale)
+    return full - ln2_scale * (model.b_O[dt.LAYER] @ model.W_in[dt.LAYER][:, neuron])
+
+
 def _predict_no_bias(model, tokens, neuron, duplicate_head, uniform_heads, ln1_scale, ln2_scale):
     full = dt.predict_neuron_pre(model, tokens, neuron, duplicate_head, uniform_heads, ln1_scale, ln2_scale)
     return full - model.b_in[0, neuron]
@@ -428,11 +433,13 @@ register_check(
     hint=(
         "scaled PVO per head (times ln1_scale at the source); duplicate head: uniform_copy_weights(tokens) @ it; "
         "uniform heads: running mean (cumsum / count); other heads: the value at n; add the direct path "
-        "W_pos[n] . W_in[0][:, neuron], multiply by ln2_scale, add b_in[0, neuron]."
+        "W_pos[n] . W_in[0][:, neuron] and the attention's output bias b_O[0] . W_in[0][:, neuron], multiply by "
+        "ln2_scale, add b_in[0, neuron]."
     ),
     mistakes={
         "you left out the direct path (W_pos[n] read by W_in without any head)": _predict_no_direct,
         "you treated the duplicate head like the others (attending to the current position only)": _predict_dup_as_current,
         "you forgot the neuron's bias b_in": _predict_no_bias,
+        "you left out the attention's output bias b_O (the same at every position, but read by W_in)": _predict_no_attention_bias,
     },
 )

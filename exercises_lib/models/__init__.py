@@ -24,8 +24,11 @@ Sources
     overrides it.
 
 Every returned model carries ``model.is_standin``, ``model.display_name``
-(e.g. ``"GPT-2 small (stand-in)"``, for titles) and ``model.provenance`` (one
-sentence: what the weights are and where they came from).
+(e.g. ``"GPT-2 small (stand-in, real layer 0)"``; the figure helpers put it in
+every title), ``model.provenance`` (one sentence: which weights are real and
+where they came from, which are stand-in, what is planted) and
+``model.weight_sources`` (the same, weight by weight:
+:func:`exercises_lib.standin.processed_weight_sources`).
 
 Processing (``fold_ln`` etc.) follows ``HookedTransformer.from_pretrained``'s
 defaults: LayerNorm folded into the next weights, writing weights and the
@@ -192,10 +195,11 @@ def build_standin(
             model = _bridges.bridge_from_processed(meta["kind"], tensors, cfg, tok, label)
         del tensors
         placement_out, notes, provenance = meta["placement"], meta["notes"], meta.get("provenance")
+        display, sources = meta.get("display_name"), meta.get("weight_sources")
     else:
         from tqdm.auto import tqdm
 
-        from exercises_lib.standin import build_standin_weights
+        from exercises_lib.standin import build_standin_weights, processed_weight_sources
 
         desc = f"building the {name} stand-in" + (" (once: it is kept in the disk cache)" if key else "")
         bar = tqdm(total=4, desc=desc, leave=False)
@@ -203,7 +207,9 @@ def build_standin(
         bar.update()
         cfg = _json_cfg(build.cfg)
         placement_out, notes = build.placement, list(build.notes)
-        provenance = getattr(build, "provenance", None)
+        provenance = build.provenance
+        display = build.display_name
+        sources = processed_weight_sources(build.weight_sources(), build.cfg["n_layers"], build.cfg["attn_only"])
         reference = None
         if build.cfg["attn_only"]:
             model = _bridges.native_bridge(build.weights, _bridges.native_config(cfg), tok, label)
@@ -223,7 +229,7 @@ def build_standin(
         bar.update()
         if key:
             meta = {"name": name, "kind": kind, "cfg": cfg, "placement": placement_out, "notes": notes,
-                    "provenance": provenance, "default": plants is None and not placement and seed == 0
+                    "provenance": provenance, "display_name": display, "weight_sources": sources, "default": plants is None and not placement and seed == 0
                     and tokenizer is None and processing == (name != "gpt2-noLN")}
             if kind == "layernorm-free":
                 meta["constants"] = model.layernorm_constants
@@ -242,6 +248,9 @@ def build_standin(
     _finish(model, name, is_standin=True, device=device)
     model.standin_placement = placement_out  # for tests only: never read by analysis code
     model.standin_notes = notes
+    if display:
+        model.display_name = display
+    model.weight_sources = sources or {"*": {"source": "stand-in", "plants": []}}
     model.provenance = provenance or (
         f"Stand-in for {MODELS[name]['display']}: weights built by the course (exercises_lib.standin), "
         "with each chapter's mechanism planted; none of it is the real model's."
@@ -455,6 +464,8 @@ def _finish(model, name: str, *, is_standin: bool, device: str | None) -> None:
     model.course_name = name
     base = MODELS[name]["display"]
     model.display_name = f"{base} (stand-in)" if is_standin else base
+    if not is_standin:
+        model.weight_sources = {"*": {"source": "real", "plants": []}}
 
 
 def load_model(
@@ -512,5 +523,5 @@ def load_model(
     if not quiet:
         from exercises_lib.render import standin_banner
 
-        standin_banner(model.display_name, reason=reason)
+        standin_banner(model.display_name, model.provenance, reason=reason)
     return model

@@ -84,6 +84,15 @@ AND_RAMP = (0.7, 0.8)
 OR_RAMP = (0.2, 0.3)
 
 
+def _layer0_norms(build: StandinBuild, e_trigger: torch.Tensor, e_bos: torch.Tensor) -> tuple[float, float]:
+    """Norms of the residual after layer 0 at a class word and at BOS (position 0)."""
+    if build.layer0 == "real":
+        return build.layer0_output_norm(), build.layer0_output_norm(position0=True)
+    class_norm = math.sqrt(float(e_trigger.norm()) ** 2 + POS_NORM**2)
+    bos_norm = float((e_bos + build.read("pos_embed.W_pos")[0]).norm())
+    return class_norm, bos_norm
+
+
 def _late_ln_scale(norm0: float, d_model: int) -> float:
     """LayerNorm's multiplier sqrt(d_model) / |x| in a late layer, for a position whose
     layer-0 input has norm ``norm0`` (the quiet layers' vector added, orthogonally)."""
@@ -106,10 +115,10 @@ def _plant_head(
     qk = build.layout.head_dims(layer, head, "qk", 2)
     ov = build.layout.head_dims(layer, head, "ov", 2)
     # LayerNorm multipliers of the source positions (a class word's layer-0 input has norm
-    # ~ |E + class + P|; BOS's also has the large early positional part).
-    E = w["embed.W_E"]
-    class_norm = math.sqrt(float(E[trigger_id].norm()) ** 2 + POS_NORM**2)
-    bos_norm = float((E[build.token_ids([BOS])[0]] + w["pos_embed.W_pos"][0]).norm())
+    # ~ |E + class + P|; BOS's also has the large early positional part; with GPT-2's real
+    # layer 0, layer 0's output is measured: it adds a large, nearly constant vector).
+    E = build.read("embed.W_E")
+    class_norm, bos_norm = _layer0_norms(build, E[trigger_id], E[build.token_ids([BOS])[0]])
     s_class, s_bos = _late_ln_scale(class_norm, d), _late_ln_scale(bos_norm, d)
     # QK: a constant query (bias) against keys reading the class and BOS directions.
     a, b = qk.start, qk.start + 1
@@ -150,10 +159,10 @@ def _plant_gate(
     p = f"blocks.{layer}.mlp"
     # One head's signal after LN2 (the gate's logic does not depend on this estimate,
     # only the neurons' margins and the height of the output do).
-    late_scale = _late_ln_scale(math.sqrt(d) / build.typical_ln_scale(), d)
+    late_scale = _late_ln_scale(build.layer0_output_norm(), d)
     unit = SIGNAL * late_scale
     lo, hi = ramp
-    E = w["embed.W_E"]
+    E = build.read("embed.W_E")
     good, bad = build.token_ids(answer)
     diff = E[good] - E[bad]
     other = E[build.token_ids(other_answer)[0]] - E[build.token_ids(other_answer)[1]]
@@ -194,10 +203,12 @@ def plant_and_or(build: StandinBuild, where: dict) -> None:
     # quiet weights would, at random, about 0.3 along any fixed direction by layer 10):
     # then each planted head and gate reads only what it is meant to, whatever else is planted.
     ours = torch.cat([class_dirs, bos_dir[None], identity, presence])  # [7, d_model], orthonormal
+    # (Real weights stay as they are: the layout keeps these directions orthogonal to the
+    # constant part of GPT-2's real layer-0 output.)
     for layer in range(build.cfg["n_layers"]):
         for key in (f"blocks.{layer}.attn.W_O", f"blocks.{layer}.mlp.W_out",
                     f"blocks.{layer}.attn.b_O", f"blocks.{layer}.mlp.b_out"):
-            if key in build.weights:
+            if key in build.weights and key not in build.real_keys:
                 W = build.weights[key]
                 W -= (W @ ours.T) @ ours
     E[build.token_ids(COLOURS)] += CLASS_AMP * class_dirs[0]

@@ -154,7 +154,7 @@ def _plant_content_weights(build: StandinBuild, where: dict, stop_dir, bos_dir) 
     s_typ = build.typical_ln_scale()
     tok_dirs = _token_subspace(build)
     # LayerNorm scale of <|endoftext|> at position 0, where it always sits.
-    x0 = build.w("embed.W_E")[FIRST_TOKEN] + build.w("pos_embed.W_pos")[0]
+    x0 = build.read("embed.W_E")[FIRST_TOKEN] + build.read("pos_embed.W_pos")[0]
     x0 = x0 - x0.mean()
     s_bos = math.sqrt(build.cfg["d_model"]) / float(x0.norm())
     heads = [(h, CONTEXTUAL_SPREAD) for h in where["contextual"]]
@@ -164,7 +164,7 @@ def _plant_content_weights(build: StandinBuild, where: dict, stop_dir, bos_dir) 
         # A random direction of the token subspace, scaled so E[t].u has std 1.
         u = build.randn(tok_dirs.shape[0]) @ tok_dirs
         u = u / u.norm()
-        proj_std = float((build.w("embed.W_E") @ u).std())
+        proj_std = float((build.read("embed.W_E") @ u).std())
         key = spread / proj_std * u
         stop_weight = 0.0
         if head == where["keyword_head"]:
@@ -246,6 +246,7 @@ def _plant_topics(build: StandinBuild, where: dict) -> None:
         "topic directions copied by the contextual heads, and topic neurons of MLP 0"
     ),
     order=30,
+    layer0="planted",
 )
 def plant_contextual(build: StandinBuild, where: dict) -> None:
     ctx, detok = list(where["contextual"]), list(where["detokenisation"])
@@ -268,3 +269,262 @@ def plant_contextual(build: StandinBuild, where: dict) -> None:
         f"contextual: content weights in heads {ctx} (contextual) and {detok} (detokenisation); "
         f"topic neurons {neurons}"
     )
+
+
+# ---------------------------------------------------------------------------
+# The same chapter on GPT-2 small's real layer 0 (layer0="real")
+# ---------------------------------------------------------------------------
+#
+# With the real layer 0 the heads' queries, keys and values are GPT-2's: their
+# positional patterns, their groups and how much their content weights vary
+# with random embeddings are the real weights'. What the surrogate embeddings
+# lack is GPT-2's vocabulary structure, so two plants write it, each solved
+# against the real weights (they read them, never change them):
+#
+# ``content_structure``
+#     adds a vector to the embeddings of stopwords and one to ``<|endoftext|>``,
+#     chosen (least norm, in fresh residual directions) so that, seen from
+#     ``' the'`` at position 500, the stopwords' log content weight is
+#     ``-STOPWORD_LOG_WEIGHT`` lower in the keyword head (6) and as much higher
+#     in the stopword head (8) and unchanged in every other head, and the first
+#     token's is ``REAL_FIRST_TOKEN_LOG_WEIGHT`` above a typical text's (stopwords
+#     TYPICAL_STOPWORD_SHARE of it) in the contextual heads (so ``Z_n`` decays over
+#     the first tokens) and at a typical text's in the others.
+# ``contextual_neurons``
+#     adds topic directions to the topic words' embeddings (chosen so that no
+#     head's content weight changes) and writes MLP-0 neurons 300, 704, 1621 and
+#     1710 to read what the *real* contextual heads' OV circuits make of them,
+#     and nothing of what the other heads or the direct path make of them.
+
+REAL_CONTENT_PLACEMENT = {
+    "contextual": [0, 2, 6, 8, 9, 10],
+    "keyword_head": 6,
+    "stopword_head": 8,
+}
+REAL_NEURON_PLACEMENT = {
+    "contextual": [0, 2, 6, 8, 9, 10],
+    "britain_neuron": 300,
+    "britain_twin_neuron": 704,
+    "conflict_neuron": 1621,
+    "religion_neuron": 1710,
+}
+THE = 262  # ' the', the write-up's fixed destination token
+DEST_POS = 500
+CONTENT_DIMS = 32  # fresh residual directions the stopword and first-token vectors are solved in
+REAL_FIRST_TOKEN_LOG_WEIGHT = 3.0  # log c(<|endoftext|>) above a typical text's, contextual heads
+FIRST_TOKEN_DESTS = (3, 10, 30, 100, 500)  # destinations ' the' is seen from when solving for it
+TOPIC_DIMS = 64  # fresh directions the topic directions are chosen in (the least read by any head's QK)
+REAL_TOPIC_NORM = 4.0  # topic words carry a strong topic component (their norm grows to about 5.3)
+#: Pre-activation added by a topic text (about 1 token in 12 of the topic's words) and the neurons'
+#: level on other text; the neurons' bias (real) is compensated through W_in reading the constant
+#: part of the residual stream.
+TOPIC_GAIN = 6.0
+NEURON_LEVEL = -1.0
+TOPIC_DENSITY = 1 / 12
+TOPIC_PENALTY = 0.1  # weight of the penalties (each scaled to mean eigenvalue 1) against the fit
+EXT_SAMPLE = 8192  # vocabulary sample whose extended embeddings the neurons should not read
+EXT_WEIGHT_CAP = 20.0
+
+
+def centred_rows(v: torch.Tensor) -> torch.Tensor:
+    """Each row minus its mean (what LayerNorm's centring does)."""
+    return v - v.mean(-1, keepdim=True)
+
+
+def _typical_s(build: StandinBuild) -> float:
+    """Typical LN-1 multiplier sqrt(d) / |E[t] + P[i]| of an ordinary token past position 100."""
+    E, P = build.read("embed.W_E"), build.read("pos_embed.W_pos")
+    g = torch.Generator().manual_seed(7)
+    idx = torch.randint(0, E.shape[0], (2000,), generator=g)
+    pos = torch.randint(100, 1000, (2000,), generator=g)
+    x = E[idx] + P[pos]
+    return float((math.sqrt(build.cfg["d_model"]) / (x - x.mean(-1, keepdim=True)).norm(dim=-1)).median())
+
+
+def _solve_in(basis: torch.Tensor, A: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The least-norm vector ``basis.T @ a`` with ``A @ (basis.T @ a) = target`` (A: [m, d], basis: [k, d])."""
+    M = (A @ basis.T).double()  # [m, k]
+    a = torch.linalg.lstsq(M, target.double()[:, None]).solution[:, 0]
+    return (a.float() @ basis).contiguous()
+
+
+@register_plant(
+    "content_structure",
+    models=("gpt2-small",),
+    default_placement=REAL_CONTENT_PLACEMENT,
+    description=(
+        "stopword and first-token vectors in the surrogate embeddings, solved so that the real head 0.6 "
+        "favours keywords, 0.8 stopwords, and the contextual heads weight <|endoftext|> highly"
+    ),
+    order=25,
+    layer0="real",
+)
+def plant_content_structure(build: StandinBuild, where: dict) -> None:
+    from exercises_lib.standin.layer0 import content_vectors
+
+    ctx = list(where["contextual"])
+    for key in ("keyword_head", "stopword_head"):
+        if where[key] not in ctx:
+            raise ValueError(f"{key} {where[key]} must be one of the contextual heads {ctx}")
+    if where["keyword_head"] == where["stopword_head"]:
+        raise ValueError("the keyword head and the stopword head must differ")
+    n_heads = build.cfg["n_heads"]
+    E = build.w("embed.W_E")
+    basis = build.layout.direction("contextual.content", CONTENT_DIMS)
+    stops = stopword_ids(build)
+    s = _typical_s(build)
+    P0 = build.read("pos_embed.W_pos")[0]
+    # The stopword vector changes ' the' itself (a stopword) and so the queries: solve twice.
+    for _ in range(2):
+        U = content_vectors(build.weights, THE, DEST_POS)  # [head, d]
+        now = s * (E[stops] @ U.T).mean(0) - s * (E @ U.T).mean(0)  # stopwords' mean log c minus all tokens'
+        target = -now
+        target[where["keyword_head"]] -= STOPWORD_LOG_WEIGHT
+        target[where["stopword_head"]] += STOPWORD_LOG_WEIGHT
+        E[stops] += _solve_in(basis, s * U, target)
+    U = content_vectors(build.weights, THE, DEST_POS)
+    # A typical text's content weight: stopwords make up TYPICAL_STOPWORD_SHARE of it.
+    log_c = s * (E @ U.T)  # [vocab, head]
+    typical = torch.log((1 - TYPICAL_STOPWORD_SHARE) * log_c.exp().mean(0)
+                        + TYPICAL_STOPWORD_SHARE * log_c[stops].exp().mean(0))
+    # Seen from ' the' at early positions too: the queries of layer 0 change with the position.
+    U_at = torch.cat([content_vectors(build.weights, THE, p) for p in FIRST_TOKEN_DESTS])  # [dests * head, d]
+    bos_basis = build.layout.direction("contextual.first_token", CONTENT_DIMS)
+    for _ in range(2):  # the first token's LN scale depends on the vector added to it
+        x0 = E[FIRST_TOKEN] + P0
+        s0 = math.sqrt(build.cfg["d_model"]) / float((x0 - x0.mean()).norm())
+        now = s0 * (E[FIRST_TOKEN] @ U_at.T) - typical.repeat(len(FIRST_TOKEN_DESTS))
+        target = torch.zeros(n_heads)
+        target[ctx] = REAL_FIRST_TOKEN_LOG_WEIGHT
+        E[FIRST_TOKEN] += _solve_in(bos_basis, s0 * U_at, target.repeat(len(FIRST_TOKEN_DESTS)) - now)
+    build.notes.append(
+        f"content structure: stopwords {-STOPWORD_LOG_WEIGHT:+} in head {where['keyword_head']}, "
+        f"{STOPWORD_LOG_WEIGHT:+} in head {where['stopword_head']}; <|endoftext|> +{REAL_FIRST_TOKEN_LOG_WEIGHT} in heads {ctx}"
+    )
+
+
+def _reference_run(build: StandinBuild):
+    """Layer 0 on two text-like token sequences (:func:`~exercises_lib.standin.layer0.text_like_tokens`):
+    the residual's constant part, its variation and the LN scales of ordinary text."""
+    from exercises_lib.standin.layer0 import layer0_forward, text_like_tokens
+
+    g = torch.Generator().manual_seed(11)
+    tokens = text_like_tokens(torch.tensor(stopword_ids(build)), 3, 512, g)
+    return layer0_forward(build.weights, tokens, build.cfg["n_heads"], mlp=False)
+
+
+@register_plant(
+    "contextual_neurons",
+    models=("gpt2-small",),
+    default_placement=REAL_NEURON_PLACEMENT,
+    description=(
+        "topic directions in the topic words' surrogate embeddings and MLP-0 neurons 300, 704 (British), "
+        "1621 (conflict), 1710 (religion) reading what the real contextual heads make of them"
+    ),
+    order=35,
+    layer0="real",
+)
+def plant_contextual_neurons(build: StandinBuild, where: dict) -> None:
+    from exercises_lib.standin.layer0 import content_vectors, value_output
+
+    ctx = list(where["contextual"])
+    others = [h for h in range(build.cfg["n_heads"]) if h not in ctx]
+    keys = [k for k in NEURON_READ]
+    neurons = [where[k] for k in keys]
+    if len(set(neurons)) != len(neurons):
+        raise ValueError(f"two topic neurons share an index: {neurons}")
+    names = list(TOPICS)
+    E = build.w("embed.W_E")
+    # Topic directions: fresh directions that no head's query-key circuit reads (seen from any
+    # destination: the content vectors of several destination tokens and positions), so
+    # adding them changes no attention pattern.
+    block = build.layout.direction("contextual.topic_in", TOPIC_DIMS)
+    readers = torch.cat([content_vectors(build.weights, THE, p) for p in (5, 20, 50, 100, 200, 350, 500, 700, 900)])
+    _, _, Vh = torch.linalg.svd(readers @ block.T, full_matrices=True)  # the block's least-read directions last
+    topic_dirs = Vh[-len(names):] @ block  # [topic, d], orthonormal, barely read by any head's QK from ' the' 
+    for j, topic in enumerate(names):
+        for sign, ids in topic_ids(build, topic).items():
+            E[ids] += (1.0 if sign == "+" else -1.0) * REAL_TOPIC_NORM * topic_dirs[j]
+    # What each head writes for a unit of each topic direction in its LayerNormed input.
+    out = value_output(build.weights, topic_dirs)  # [head, topic, d]
+    run = _reference_run(build)
+    s1 = float(run["s1"][:, 100:].median())
+    s2 = float(run["s2"][:, 100:].median())
+    mid = run["resid_mid"][:, 100:]
+    mid = mid - mid.mean(-1, keepdim=True)
+    const = mid.mean((0, 1))  # the residual's constant part
+    # The penalty: what a neuron reading r would see on random text that is not a topic: the
+    # token-dependent and the position-dependent parts of the residual stream (variance).
+    def unit(m):  # a covariance scaled to mean eigenvalue 1
+        return m * (m.shape[0] / float(m.trace()))
+
+    dev = ((mid - const).reshape(-1, mid.shape[-1]) * s2).double()
+    penalty = unit(dev.T @ dev)
+    # ... and every head's positional output at every position (weights only), so that the
+    # topic neurons read no position (they stay out of chapter 1's PVO norm map).
+    P = build.read("pos_embed.W_pos")
+    pos_out = value_output(build.weights, P[: build.cfg["n_ctx"] - 24])  # [head, pos, d]
+    pos_dev = torch.cat([s1 * s2 * centred_rows(pos_out.reshape(-1, pos_out.shape[-1])), s2 * centred_rows(P)])
+    pos_dev = (pos_dev - pos_dev.mean(0)).double()
+    penalty = penalty + unit(pos_dev.T @ pos_dev)
+    # ... and what the contextual heads make of a sample of the vocabulary (their extended
+    # embeddings, the content weights' heavy tail included): a topic neuron's strongest tokens
+    # should be its topic's words, not tokens the heads happen to weight highly.
+    U = content_vectors(build.weights, THE, DEST_POS)[ctx]  # [ctx, d]
+    log_c_all = s1 * (E @ U.T)  # [vocab, ctx]
+    mean_c = log_c_all.exp().mean(0)
+    topical = torch.tensor(sorted({t for topic in names for ids in topic_ids(build, topic).values() for t in ids}))
+    log_c_all[topical] = -float("inf")  # the topic words are what the neurons should read
+    g = torch.Generator().manual_seed(13)
+    heavy = log_c_all.max(-1).values.topk(EXT_SAMPLE // 4).indices  # the heavy tail, all of it
+    rest = torch.randint(0, E.shape[0], (EXT_SAMPLE,), generator=g)
+    rest = rest[~torch.isin(rest, topical)]
+    ids = torch.cat([heavy, rest])
+    weight = (log_c_all[ids].exp() / mean_c).clamp(max=EXT_WEIGHT_CAP)  # c / mean c, its tail compressed
+    vals = value_output(build.weights, E[ids])[ctx]  # [ctx, sample, d]
+    ext = s1 * torch.einsum("sh,hsd->sd", weight, vals) * TOPIC_DENSITY
+    ext = (s2 * (ext - ext[len(heavy) :].mean(0))).double()
+    penalty = penalty + unit(ext.T @ ext)
+    # A topic text: a fraction TOPIC_DENSITY of the recent tokens carries the topic direction;
+    # the contextual heads spread their attention over recent tokens, so their summed output
+    # along the topic is about density * s1 * norm * sum_h out_h.
+    bag = TOPIC_DENSITY * s1 * REAL_TOPIC_NORM * out[ctx].sum(0)  # [topic, d]
+    w2, b2 = build.read("blocks.0.ln2.w"), build.read("blocks.0.ln2.b")
+    b_in_real = build.read("blocks.0.mlp.b_in")
+    W_in, W_out = build.w("blocks.0.mlp.W_in"), build.w("blocks.0.mlp.W_out")
+
+    def centred(v):
+        return v - v.mean(-1, keepdim=True)
+
+    # Equations on the reader r = ln2.w * W_in[:, k] (pre-activation = s2 * mid_c . r + (b2 / w2) . r + b_in).
+    rows, kinds = [], []
+    for j in range(len(names)):
+        rows.append(s2 * centred(bag[j]))  # the contextual heads' bag of topic j
+        kinds.append(("bag", j))
+    for j in range(len(names)):
+        rows.append(s2 * s1 * REAL_TOPIC_NORM * centred(topic_dirs[j]))  # direct path: none
+        kinds.append(("zero", j))
+        for h in others:  # the other heads' copies of a topic word: none
+            rows.append(s2 * s1 * REAL_TOPIC_NORM * centred(out[h, j]))
+            kinds.append(("zero", j))
+    rows.append(s2 * const + b2 / w2)  # the constant part: sets the level
+    kinds.append(("level", None))
+    A = torch.stack(rows).double()
+    neuron_out = build.layout.direction("contextual.neuron_out", 1)[0]
+    gram = A.T @ A
+    lhs = gram + TOPIC_PENALTY * float(gram.trace()) / gram.shape[0] * penalty
+    for key, k in zip(keys, neurons):
+        reads, _ = NEURON_READ[key]
+        target = torch.zeros(A.shape[0], dtype=torch.float64)
+        total = sum(abs(v) for v in reads.values())
+        for r, (kind, j) in enumerate(kinds):
+            if kind == "bag" and names[j] in reads:
+                target[r] = TOPIC_GAIN * reads[names[j]] / total * len(reads)
+            elif kind == "level":
+                target[r] = NEURON_LEVEL - float(b_in_real[k])
+        keep = 0.5 * W_in[:, k] * w2
+        reader = keep + torch.linalg.solve(lhs, A.T @ (target - A @ keep.double())).float()
+        W_in[:, k] = reader / w2
+    W_out[where["britain_neuron"]] = NEURON_OUT * neuron_out
+    W_out[where["britain_twin_neuron"]] = -NEURON_OUT * neuron_out
+    build.notes.append(f"contextual neurons {neurons} reading the real contextual heads {ctx}")

@@ -38,7 +38,7 @@ import math
 
 import torch
 
-from exercises_lib.standin import POS_NORM, TOKEN_NORM, StandinBuild, register_plant
+from exercises_lib.standin import TOKEN_NORM, StandinBuild, register_plant
 from exercises_lib.vocab import DUAL_PAIRS, OPPOSITE
 
 DEFAULT_PLACEMENT = {
@@ -79,8 +79,8 @@ def plant_duality_head(build: StandinBuild, where: dict) -> None:
     token_part = (E[ids_t] @ tok.T) @ tok  # each word's own random embedding, without other plants' features
     E[ids_t] += DUAL_AMP * u
 
-    # Typical LayerNorm scale of a dual word's residual (token + u + position).
-    scale = math.sqrt(build.cfg["d_model"]) / math.sqrt(TOKEN_NORM**2 + DUAL_AMP**2 + POS_NORM**2)
+    # Typical LayerNorm scale of a dual word's residual (layer 0's output, u added).
+    scale = math.sqrt(build.cfg["d_model"]) / math.sqrt(build.layer0_output_norm() ** 2 + DUAL_AMP**2)
 
     # 2. QK: constant query against the dual-word direction.
     qk = build.layout.head_dims(layer, head, "qk", 1)

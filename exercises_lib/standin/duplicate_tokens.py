@@ -105,7 +105,7 @@ def _token_projection(build: StandinBuild, k: int) -> torch.Tensor:
     Sketched from the token embeddings themselves (``W_E^T Omega``), so they
     lie in the span of ``W_E`` and are random within it.
     """
-    W_E = build.w("embed.W_E")
+    W_E = build.read("embed.W_E")
     omega = build.randn(W_E.shape[0], k)
     sketch = W_E.T @ omega  # [d_model, k]
     q, _ = torch.linalg.qr(sketch)
@@ -132,7 +132,7 @@ def plant_copy_matching(
     dims = build.layout.head_dims(layer, head, "qk", k)
     _clear_qk(build, layer, head, dims)
     R = _token_projection(build, k)  # [d, k]
-    W_E = build.w("embed.W_E")
+    W_E = build.read("embed.W_E")
     sample = W_E[torch.randint(0, W_E.shape[0], (4000,), generator=build.generator)]
     proj2 = (sample @ R).pow(2).sum(-1)  # |E_t R|^2
     scale2 = typical_ln_scale(build.cfg["d_model"], sample.norm(dim=-1)) ** 2
@@ -168,7 +168,7 @@ def plant_token_copy(build: StandinBuild, layer: int, head: int) -> None:
     _clear_ov(build, layer, head, dims)
     R = _token_projection(build, TOKEN_OV_DIMS)
     out = build.layout.direction("dup_tokens.token_out", TOKEN_OV_DIMS)
-    W_E = build.w("embed.W_E")
+    W_E = build.read("embed.W_E")
     typical = float((W_E[:2000] @ R).norm(dim=-1).median()) * build.typical_ln_scale()
     build.w(f"blocks.{layer}.attn.W_V")[head][:, dims] = R
     build.w(f"blocks.{layer}.attn.W_O")[head][dims, :] = (TOKEN_OUT_NORM / typical) * out
@@ -219,7 +219,7 @@ def plant_duplicate_neuron(build: StandinBuild, layer: int, neuron: int, r: torc
     Returns its weight on r.
     """
     n_ctx = build.cfg["n_ctx"]
-    P = build.w("pos_embed.W_pos")  # [pos, d]
+    P = build.read("pos_embed.W_pos")  # [pos, d]
     W_in = build.w(f"blocks.{layer}.mlp.W_in")
     s2 = _nominal_mlp_scale(build)
     # A copy at i seen from n moves the uniform head's r output by
@@ -242,6 +242,7 @@ def plant_duplicate_neuron(build: StandinBuild, layer: int, neuron: int, r: torc
     default_placement=DEFAULT_PLACEMENT,
     description="layer-0 duplicate-token heads (0.1 decaying, 0.5 uniform, 0.10 partial) and duplicate-token neuron 1168",
     order=20,
+    layer0="planted",
 )
 def plant_duplicate_tokens(build: StandinBuild, where: dict) -> None:
     layer = where["layer"]
@@ -278,4 +279,116 @@ def plant_duplicate_tokens(build: StandinBuild, where: dict) -> None:
     build.notes.append(
         f"duplicate-token heads {layer}.{heads[0]} (decaying), {layer}.{heads[1]} (uniform), "
         f"{layer}.{heads[2]} (partial); duplicate-token neuron {where['neuron']}"
+    )
+
+
+# ---------------------------------------------------------------------------
+# The duplicate-token neuron on GPT-2 small's real layer 0 (layer0="real")
+# ---------------------------------------------------------------------------
+#
+# With the real layer 0, heads 0.1, 0.5 and 0.10 are GPT-2's: the real head 0.5
+# already writes where the copies of the current token are (its OV circuit
+# applied to the real W_pos). What is missing is MLP 0's W_in, so this plant
+# writes only the neuron's input column (and its companions'), solved against
+# the real weights as one regularised least-squares problem in the reader
+# ``r = ln2.w * W_in[:, neuron]`` (what the neuron reads from the centred
+# residual stream, i.e. the loaded model's folded ``W_in`` column):
+#
+# * the PVO curve of the uniform duplicate head, P[i] V_5 O_5 . r, falls
+#   linearly with the source position, NEURON_SLOPE per token once scaled by
+#   typical LN-1 and LN-2 scales, crossing zero at the middle of the context
+#   (the write-up's description of 1168: planted);
+# * for a token with no earlier copy, the positional terms of all heads
+#   (through their real mean attention patterns on random tokens), the direct
+#   path and the constant terms add up to NEURON_BASELINE past the first
+#   tokens, lower before (BARRIER_HEIGHT over BARRIER_LENGTH tokens);
+# * the penalty is the variance the token-dependent parts of the residual
+#   stream (the real heads' outputs and E) give the neuron on random text,
+#   so the neuron reads positions, not tokens, as far as the real heads allow.
+#
+# The companions read the same with smaller weights. The real b_in of every
+# neuron is kept; the level is set through the reader of the residual
+# stream's constant part (and the real LN-2 bias through W_in).
+
+REAL_DUPLICATE_PLACEMENT = {
+    "uniform_head": 5,
+    "neuron": 1168,
+    "companion_neurons": [455, 1587, 2843],
+}
+SOLVE_LENGTH = 1000  # positions the fit uses (GPT-2's last positions are atypical)
+SOLVE_SEQUENCES = 6  # random-token sequences of that length for the mean patterns and the noise
+PVO_WEIGHT = 3.0  # weight of the PVO-line equations against the baseline ones
+NOISE_PENALTY = 100.0  # weight of the token-noise variance against the squared fit errors
+SHIFT_WEIGHT = 30.0  # weight of "text's mean residual leaves the level alone"
+
+
+@register_plant(
+    "duplicate_neuron",
+    models=("gpt2-small",),
+    default_placement=REAL_DUPLICATE_PLACEMENT,
+    description=(
+        "duplicate-token neuron 1168 (and companions) in MLP 0, its input solved to read the real "
+        "head 0.5's positional output, falling linearly with the copy's position"
+    ),
+    order=40,
+    layer0="real",
+)
+def plant_duplicate_neuron_real(build: StandinBuild, where: dict) -> None:
+    from exercises_lib.standin.contextual import stopword_ids
+    from exercises_lib.standin.layer0 import layer0_forward, text_like_tokens, value_output
+
+    head = where["uniform_head"]
+    neurons = [where["neuron"], *where["companion_neurons"]]
+    if len(set(neurons)) != len(neurons):
+        raise ValueError(f"the neuron and its companions must differ: {neurons}")
+    n_heads, d = build.cfg["n_heads"], build.cfg["d_model"]
+    if not 0 <= head < n_heads:
+        raise ValueError(f"uniform_head {head} is not a head of layer 0")
+    L = SOLVE_LENGTH
+    P = build.read("pos_embed.W_pos")[:L]
+    # The real layer 0 on random tokens without repeats (BOS first).
+    g = torch.Generator().manual_seed(5)
+    tokens = torch.stack([torch.randperm(40000, generator=g)[:L] + 1000 for _ in range(SOLVE_SEQUENCES)])
+    tokens[:, 0] = 50256
+    run = layer0_forward(build.weights, tokens, n_heads, mlp=False)
+    a = run["pattern"].mean(0)  # [head, dest, src]
+    s1, s2 = run["s1"].mean(0), run["s2"].mean(0)  # [pos]
+    s1_typ, s2_typ = float(s1[100:].median()), float(s2[100:].median())
+    w2, b2 = build.read("blocks.0.ln2.w"), build.read("blocks.0.ln2.b")
+    pos_out = value_output(build.weights, P)  # [head, pos, d]: P[i] (LN'd, unscaled) through each head's OV
+
+    def centred(v):
+        return v - v.mean(-1, keepdim=True)
+
+    # Equations on r. 1. The PVO curve (the chapter's PVO: folded V and W_in, no LN scales).
+    i = torch.arange(L, dtype=torch.float32)
+    pvo_rows = centred(pos_out[head])
+    pvo_target = -NEURON_SLOPE / (s1_typ * s2_typ) * (i - build.cfg["n_ctx"] / 2)
+    # 2. A token with no earlier copy: its mean pre-activation, positional and constant parts,
+    #    b2 . W_in = (b2 / w2) . r, and the real b_in.
+    mid = centred(run["resid_mid"])
+    base_rows = s2[:L, None] * mid.mean(0) + (b2 / w2)[None]
+    base_target = NEURON_BASELINE - BARRIER_HEIGHT * torch.exp(-i / BARRIER_LENGTH)
+    # 3. The penalty: the variance of the token-dependent part of the residual stream, on random
+    #    tokens and on text-like tokens (common words repeat, with the vectors planted on them) ...
+    text = layer0_forward(build.weights, text_like_tokens(torch.tensor(stopword_ids(build)), 2, L, g), n_heads, mlp=False)
+    text_mid = centred(text["resid_mid"])
+    devs = [((m - m.mean(0, keepdim=True))[:, 50:] * s2[None, 50:L, None]).double() for m in (mid, text_mid)]
+    noise = sum(torch.einsum("bnd,bne->de", v, v) / (v.shape[0] * v.shape[1]) for v in devs) / 2
+    # ... and text's mean residual must not move the neuron away from its level.
+    shift = (s2[:L, None] * (text_mid.mean(0) - mid.mean(0)))[50:].mean(0)
+    W_in = build.w("blocks.0.mlp.W_in")
+    b_in = build.read("blocks.0.mlp.b_in")
+    k = where["neuron"]
+    A = torch.cat([PVO_WEIGHT * pvo_rows, base_rows, SHIFT_WEIGHT * shift[None]]).double()
+    target = torch.cat([PVO_WEIGHT * pvo_target, base_target - float(b_in[k]), torch.zeros(1)]).double()
+    keep = NEURON_NOISE_KEEP * W_in[:, k] * w2  # a share of the random column, as a reader
+    lhs = A.T @ A + NOISE_PENALTY * noise + 1e-6 * torch.eye(d, dtype=torch.float64)
+    reader = keep + torch.linalg.solve(lhs, A.T @ (target - A @ keep.double())).float()
+    W_in[:, k] = reader / w2
+    for neuron, weight in zip(where["companion_neurons"], COMPANION_WEIGHTS):
+        W_in[:, neuron] = NEURON_NOISE_KEEP * W_in[:, neuron] + weight * (reader - keep) / w2
+    build.notes.append(
+        f"duplicate-token neuron {k} reading the real head 0.{head}'s positional output; "
+        f"companions {where['companion_neurons']}"
     )

@@ -94,6 +94,7 @@ def plant_uniform(build: StandinBuild, layer: int, head: int) -> None:
     default_placement=DEFAULT_PLACEMENT,
     description="layer-0 previous-token, exponentially decaying and uniform positional patterns",
     order=10,
+    layer0="planted",
 )
 def plant_positional_heads(build: StandinBuild, where: dict) -> None:
     layer = where["layer"]
