@@ -197,7 +197,9 @@ class _Run:
         with self.lock:
             changes = self.guard.changes()
             if changes:
-                self.guard.restore()
+                kept = self.guard.restore()
+                if kept is not None:
+                    changes = changes + [f"the files as they were before this undo are kept in {kept}"]
                 suspects = self.since_clean | {key}
                 for s in suspects:
                     self.changes.setdefault(s, [])

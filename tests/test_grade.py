@@ -423,9 +423,13 @@ def test_the_package_guard_sees_and_undoes_every_change(tmp_path):
     (pkg / "checks" / "__init__.py").unlink()
     assert sorted(guard.changes()) == sorted([
         "changed exercises_lib/__init__.py", "added exercises_lib/checks/evil.py", "removed exercises_lib/checks/__init__.py"])
-    guard.restore()
+    kept = guard.restore()
     assert guard.changes() == []
     assert (pkg / "__init__.py").read_text() == "x = 1\n" and not (pkg / "checks" / "evil.py").exists()
+    # Nothing is lost: what was undone is kept aside (an edit made to a checkout while it was grading).
+    assert (kept / "exercises_lib" / "__init__.py").read_text() == "x = 666\n"
+    assert (kept / "exercises_lib" / "checks" / "evil.py").read_text() == "import os\n"
+    assert guard.restore() is None
     # A compiled file planted for this interpreter is seen too.
     import sys
 

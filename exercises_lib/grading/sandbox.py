@@ -21,10 +21,12 @@ from __future__ import annotations
 import compileall
 import ctypes
 import os
+import shutil
 import signal
 import site
 import sys
 import sysconfig
+import tempfile
 from pathlib import Path
 
 import psutil
@@ -128,21 +130,42 @@ class PackageGuard:
         out += [f"removed {self._name(p)}" for p in self.files if p not in seen]
         return out
 
-    def restore(self) -> None:
-        """Remove added files and write back changed or removed ones."""
+    def restore(self) -> Path | None:
+        """Remove added files and write back changed or removed ones.
+
+        Nothing is lost: the added and changed files are first copied to a new
+        folder (returned; ``None`` when nothing had to be undone), e.g. an edit
+        someone made to a checkout of the course while it was grading.
+        """
+        backup = None
+
+        def keep(p: Path) -> None:
+            nonlocal backup
+            if backup is None:
+                backup = Path(tempfile.mkdtemp(prefix="mechinterp-grader-undone-"))
+            target = backup / self._name(p).lstrip("/")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                shutil.copy2(p, target)
+            except OSError:
+                pass
+
         for p in self._paths():
             if p not in self.files:
+                keep(p)
                 p.unlink(missing_ok=True)
         for p, data in self.files.items():
             try:
                 if p.read_bytes() == data:
                     continue
+                keep(p)
             except OSError:
                 pass
             p.parent.mkdir(parents=True, exist_ok=True)
             tmp = p.with_name(p.name + ".grader-restore")
             tmp.write_bytes(data)
             os.replace(tmp, p)
+        return backup
 
     def _name(self, p: Path) -> str:
         try:
