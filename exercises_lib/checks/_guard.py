@@ -189,6 +189,8 @@ class ModelGuard:
     def _keep_copies(self) -> None:
         """Copy each parameter changed since its kept copy was made (the first time: all)."""
         key = self.key = tuple(id(m) for m in self.modules)
+        if not self.params:
+            return
         last = _LAST.get(key)
         if (last is not None and last[0] == self.states and torch.equal(last[1], self.sample_all)
                 and all(_kept(p) is not None for p in self.params)):
