@@ -72,6 +72,8 @@ return {
   mjx: q('mjx-container').length,
   widgetViews: widgetViews.length,
   widgetsDrawn: q('.jupyter-widgets.widget-inline-hbox, .jupyter-widgets.widget-container, .jupyter-widgets.widget-box, .widget-slider, .jupyter-widgets-view').length,
+  plotlyFitted: plotly.filter(d => (d.querySelector('.js-plotly-plot') || d).getAttribute('data-course-fitted') === '1').length,
+  fitter: Array.from(document.scripts).some(s => (s.src || '').includes('course/figures.js')),
   standinBanner: q('.standin-banner').length,
   standinNotice: q('.standin-page-notice').length,
   solutionToggles: q('.course-solution details').length,
@@ -87,6 +89,8 @@ def _done(state: dict) -> bool:
         and state["circuitsvisDrawn"] == state["circuitsvis"]
         and state["mathTypeset"] == state["math"]
         and (state["widgetViews"] == 0 or state["widgetsDrawn"] >= 1)
+        # the book's figures.js has fitted every figure to the page
+        and (not state["fitter"] or state["plotlyFitted"] == state["plotly"])
     )
 
 
