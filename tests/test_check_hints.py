@@ -28,6 +28,7 @@ load_check_modules()
 NAMES = sorted(n for n in CHECKS if not n.startswith("_test"))
 
 _OPS = set("@*/+-[]=<>%~&|")
+_STRING = re.compile(r"""[fbr]?(["'])(?:(?!\1).)*\1""")  # a string literal: one token, not its words
 _TOKEN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*|\d+\.?\d*|\*\*|//|[@*/+\-\[\]=<>%~&|,:]")
 
 
@@ -60,7 +61,7 @@ def key_expressions(name: str) -> list[str]:
         if m:
             parts.append(m.group(1))
         for part in parts:
-            tokens = _tokens(part)
+            tokens = _tokens(_STRING.sub(" STR ", part))
             if len(tokens) >= 5 and sum(t in _OPS for t in tokens) >= 1:
                 out.append(part)
     return sorted(set(out))
@@ -98,7 +99,7 @@ def giveaways(name: str, text: str) -> list[str]:
     hay = _tokens(text)
     found = []
     for expr in key_expressions(name):
-        if re.sub(r"\s+", "", expr) in flat or _in_order_fraction(_tokens(expr), hay) >= 0.8:
+        if re.sub(r"\s+", "", expr) in flat or _in_order_fraction(_tokens(_STRING.sub(" STR ", expr)), hay) >= 0.8:
             found.append(expr)
     return found
 

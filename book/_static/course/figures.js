@@ -75,9 +75,15 @@
     const lines = wrapped.split("<br>").length, before = text.split(/<br\s*\/?>/i).length;
     const extra = 22 * (lines - before);
     const margin = (gd.layout.margin && gd.layout.margin.t) || 80;
+    const top = Math.max(margin + extra, 50 + 24 * lines);
+    const height = (gd._fullLayout.height || 450) + (top - margin);
     update["title.text"] = wrapped;
-    update["margin.t"] = Math.max(margin + extra, 40 + 22 * lines);
-    if (gd.layout.height) update.height = gd.layout.height + extra;
+    update["margin.t"] = top;
+    update.height = height;
+    // the first line 10 px below the top: the lines grow down into the margin, not the plot
+    update["title.yref"] = "container";
+    update["title.yanchor"] = "top";
+    update["title.y"] = 1 - 10 / height;
   }
 
   function integerTicks(gd, update) {
@@ -157,6 +163,7 @@
     integerTicks(gd, update);
     separateLabels(gd, update);
     if (Object.keys(update).length && round < 3) {
+      if (update.height && gd.style.height) gd.style.height = update.height + "px";  // the div holds the taller figure
       window.Plotly.relayout(gd, update).then(() => fitFigure(gd, round + 1));
     } else {
       gd.setAttribute(FIXED, "1");
