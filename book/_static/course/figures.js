@@ -9,7 +9,8 @@
  *     and are broken in two; tick labels that run together are thinned;
  *   - heatmap rows and columns numbered by integers get ticks on integers only;
  * and text tables (<pre>) or HTML tables wider than the column get a smaller
- * font so that every column shows. Loaded on every page by book/_ext/coursebook.py.
+ * font so that every column shows. A progress bar that finished and hid itself
+ * is removed with the note under it (it would be an empty box). Loaded on every page by book/_ext/coursebook.py.
  */
 (function () {
   "use strict";
@@ -26,11 +27,14 @@
   // Break an HTML-ish plotly title into lines of at most `chars` visible characters.
   function wrapTitle(text, chars) {
     const out = [];
-    for (const line of text.split(/<br\s*\/?>/i)) {
-      const words = line.split(/ (?![^<]*>)/);  // spaces outside tags
+    // the model's name in its <span> is kept on one line
+    const glued = text.replace(/(<span[^>]*>)([^<]*)(<\/span>)/g, (m, a, b, c) => a + b.replace(/ /g, "\u0001") + c)
+      .replace(/<[a-z\/][^>]*>/gi, (tag) => tag.replace(/ /g, "\u0002"));  // spaces inside tags
+    for (const line of glued.split(/<br\s*\/?>/i)) {
+      const words = line.split(" ");
       let cur = "", curLen = 0;
       for (const w of words) {
-        const len = w.replace(/<[^>]*>/g, "").length;
+        const len = w.replace(/<[a-z\/][^>]*>/gi, "").length;
         if (cur && curLen + 1 + len > chars) {
           out.push(cur);
           cur = w; curLen = len;
@@ -49,7 +53,7 @@
         out[i + 1] = `<${open[1]}${open[2]}>` + out[i + 1];
       }
     }
-    return out.join("<br>");
+    return out.join("<br>").replace(/[\u0001\u0002]/g, " ");
   }
 
   function titleText(layout) {
@@ -64,26 +68,27 @@
     const fig = box(svg), tb = box(title);
     const bar = gd.querySelector(".modebar");
     const mb = bar ? box(bar) : null;
-    const room = fig.r - 10 - ((mb && mb.w > 1) ? mb.w + 10 : 0) - Math.max(tb.l, fig.l + 5);
+    // plotly's toolbar (about 270 px when it has not been drawn yet) stays clear of the title
+    const room = fig.r - 10 - ((mb && mb.w > 1) ? mb.w + 10 : 270) - Math.max(tb.l, fig.l + 5);
     const text = titleText(gd.layout);
-    const visibleLen = text.replace(/<br\s*\/?>/gi, "\n").replace(/<[^>]*>/g, "")
+    const visibleLen = text.replace(/<br\s*\/?>/gi, "\n").replace(/<[a-z\/][^>]*>/gi, "")
       .split("\n").reduce((m, s) => Math.max(m, s.length), 0);
     if (tb.w <= room || !visibleLen) return;
-    const chars = Math.max(20, Math.floor(visibleLen * room / tb.w) - 1);
+    const chars = Math.max(20, Math.floor(0.9 * visibleLen * room / tb.w));  // 10% spare: glyphs differ in width
     const wrapped = wrapTitle(text, chars);
     if (wrapped === text) return;
     const lines = wrapped.split("<br>").length, before = text.split(/<br\s*\/?>/i).length;
     const extra = 22 * (lines - before);
     const margin = (gd.layout.margin && gd.layout.margin.t) || 80;
-    const top = Math.max(margin + extra, 50 + 24 * lines);
+    const top = Math.max(margin + extra, 56 + 24 * lines);
     const height = (gd._fullLayout.height || 450) + (top - margin);
     update["title.text"] = wrapped;
     update["margin.t"] = top;
     update.height = height;
-    // the first line 10 px below the top: the lines grow down into the margin, not the plot
+    // the first line 16 px below the top: the lines grow down into the margin, not the plot
     update["title.yref"] = "container";
     update["title.yanchor"] = "top";
-    update["title.y"] = 1 - 10 / height;
+    update["title.y"] = 1 - 16 / height;
   }
 
   function integerTicks(gd, update) {
@@ -200,7 +205,26 @@
     }
   }
 
+  // A progress bar that finished and was dismissed (tqdm's leave=False hides it) has nothing
+  // to show on a static page: drop it, and the note under it that would point at it.
+  function dropFinishedProgressBars() {
+    for (const sub of document.querySelectorAll(".cell_output .widget-subarea")) {
+      const top = sub.firstElementChild;
+      if (!top || !sub.querySelector(".widget-hprogress, .widget-vprogress")) continue;
+      if (getComputedStyle(top).visibility !== "hidden" && getComputedStyle(top).display !== "none") continue;
+      let next = sub.nextElementSibling;
+      while (next && next.tagName.toLowerCase() === "script") {
+        const after = next.nextElementSibling;
+        next.remove();
+        next = after;
+      }
+      if (next && next.matches(".course-widget-note")) next.remove();
+      sub.remove();
+    }
+  }
+
   function pass() {
+    dropFinishedProgressBars();
     fitText();
     for (const gd of document.querySelectorAll(".js-plotly-plot:not([" + FIXED + "])")) {
       if (gd.querySelector("svg.main-svg") && gd._fullLayout) {
