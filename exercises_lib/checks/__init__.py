@@ -53,6 +53,13 @@ __all__ = [
 ]
 
 
+class _Printed(str):
+    """Text already printed: a notebook shows nothing more when it is a cell's value."""
+
+    def _ipython_display_(self) -> None:
+        pass
+
+
 class CheckFailed(AssertionError):
     """Raised by :func:`check` after a failure when MECHINTERP_CHECKS_RAISE is set."""
 
@@ -109,7 +116,7 @@ class CheckResult:
             chk = CHECKS.get(self.name)
             text = f"Hint for {self.name}: {chk.hint}" if chk else f"There is no check called {self.name!r}."
         print(text)
-        return text
+        return _Printed(text)
 
 
 @dataclass
@@ -416,7 +423,7 @@ def hint(name: str) -> str:
     else:
         text = f"Hint for {name}: {CHECKS[name].hint}"
     print(text)
-    return text
+    return _Printed(text)
 
 
 def _show_collapsed_hint(name: str) -> None:
@@ -456,14 +463,16 @@ def check(name: str, student_fn: Callable, **context: Any) -> CheckResult:
     text = f"{mark} {name}: {'passed' if result.passed else 'not yet'} - {result.message}"
     print(text)
     fn_name = name.rsplit(".", 1)[-1]
-    if result.attempted and not result.passed and name in CHECKS:
+    offer = result.attempted and not result.passed and name in CHECKS
+    if offer:
         _FAILED.add(name)
         print(f"  Stuck? `{fn_name}.hint()` shows a hint (or open the Hint below).")
-        _show_collapsed_hint(name)
     if result.passed:
         print(f"  Later cells use your {fn_name}.")
     elif result.function is not None:
         print(f"  Later cells use the course's {fn_name} until yours passes (edit it, then run this cell again).")
+    if offer:
+        _show_collapsed_hint(name)
     if not result.passed and os.environ.get("MECHINTERP_CHECKS_RAISE"):
         raise CheckFailed(text)
     return result
