@@ -766,12 +766,13 @@ def plot_normalisers(
     from plotly.colors import qualitative
     from plotly.subplots import make_subplots
 
-    from exercises_lib.plotting import figure_title
+    from exercises_lib.plotting import figure_title, title_margin
 
     heads = list(heads) if heads is not None else list(range(next(iter(Z_by_text.values())).shape[0]))
     cols = 4
     rows = math.ceil(len(heads) / cols)
-    fig = make_subplots(rows=rows, cols=cols, subplot_titles=[f"head {h}" for h in heads])
+    fig = make_subplots(rows=rows, cols=cols, subplot_titles=[f"head {h}" for h in heads],
+                        horizontal_spacing=0.08, vertical_spacing=0.12)
     for j, (name, Z) in enumerate(Z_by_text.items()):
         colour = qualitative.Plotly[j % len(qualitative.Plotly)]
         for k, h in enumerate(heads):
@@ -781,9 +782,14 @@ def plot_normalisers(
                            showlegend=k == 0, line=dict(color=colour, width=1)),
                 row=k // cols + 1, col=k % cols + 1,
             )
-    fig.update_layout(title=figure_title(title, model), height=230 * rows + 80)
-    fig.update_yaxes(type="log")
-    fig.update_xaxes(title_text="destination position n", row=rows)
+    text = figure_title(title, model)
+    fig.update_layout(title=text, height=230 * rows + 80 + title_margin(text), margin=dict(t=title_margin(text), b=70))
+    # one tick per power of ten (small panels have no room for 2 and 5 between them)
+    fig.update_yaxes(type="log", dtick=1, tickfont=dict(size=10))
+    fig.update_xaxes(tickfont=dict(size=10))
+    # one x-axis title under the whole grid: one per panel would run together
+    fig.add_annotation(text="destination position n", xref="paper", yref="paper", x=0.5, y=0, yshift=-45,
+                       showarrow=False, xanchor="center", yanchor="top")
     if show:
         fig.show()
         return None

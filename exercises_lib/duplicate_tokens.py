@@ -420,9 +420,11 @@ def neuron_pre_vs_copy_distance(
     model, neuron: int, distances: Sequence[int | None], position: int = 500, n_samples: int = 16, seed: int = 0
 ) -> Float[Tensor, "distance"]:
     """Mean pre-activation of ``neuron`` at the last position, for each distance to its single copy
-    (None: no copy). Runs the model (layer 0 only)."""
+    (None: no copy). Runs the model (layer 0 only): a progress bar shows the distances done."""
+    from exercises_lib.progress import progress
+
     out = []
-    for k, d in enumerate(distances):
+    for k, d in progress(list(enumerate(distances)), "distances", unit="distance"):
         seqs = single_copy_sequences(model, position, d, n_samples, seed + k)
         cache = run_layer0(model, seqs)
         out.append(cache[f"blocks.{LAYER}.mlp.hook_pre"][:, position, neuron].mean())
@@ -453,7 +455,7 @@ def duplicate_neuron_explorer(
     from IPython.display import display
     from plotly.subplots import make_subplots
 
-    from exercises_lib.plotting import figure_title
+    from exercises_lib.plotting import figure_title, title_margin
 
     n_ctx = model.cfg.n_ctx
     neuron_w = widgets.Dropdown(options=[int(k) for k in neurons], description="neuron")
@@ -466,18 +468,17 @@ def duplicate_neuron_explorer(
         d = torch.arange(1, position)
         extra = 0.5 * (pvo[position - d] - pvo[position])
         base = _baseline(model, neuron, position, duplicate_head, uniform_heads, ln1_scale, ln2_scale)
-        fig = make_subplots(rows=1, cols=2, subplot_titles=(
-            "scaled PVO of the duplicate head, by source position",
-            "predicted pre-activation vs distance to one earlier copy",
+        fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.12, subplot_titles=(
+            "scaled PVO of the duplicate head,<br>by source position",
+            "predicted pre-activation<br>vs distance to one earlier copy",
         ))
         fig.add_trace(go.Scatter(x=list(range(n_ctx)), y=pvo.detach().cpu().tolist(), mode="lines"), row=1, col=1)
         fig.add_trace(go.Scatter(x=d.tolist(), y=(base + extra).detach().cpu().tolist(), mode="lines"), row=1, col=2)
         fig.update_xaxes(title_text="source position i", row=1, col=1)
         fig.update_xaxes(title_text="distance n - i of the copy", row=1, col=2)
-        fig.update_layout(
-            height=380, showlegend=False,
-            title=figure_title(f"Neuron {neuron}: duplicate head {LAYER}.{duplicate_head}, destination {position}", model),
-        )
+        text = figure_title(f"Neuron {neuron}: duplicate head {LAYER}.{duplicate_head}, destination {position}", model)
+        fig.update_layout(height=400 + title_margin(text), showlegend=False, title=text,
+                          margin=dict(t=title_margin(text) + 40))
         return fig
 
     def update(neuron: int, position: int) -> None:

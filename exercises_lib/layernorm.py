@@ -197,7 +197,10 @@ def frozen_scale_effects(
     clean_logp = model(tokens)[0, 1:].log_softmax(-1)
     clean_top = clean_logp.argmax(-1)
     kl, same_top = [], []
-    for start in range(0, len(runs), rows_per_pass):
+    from exercises_lib.progress import progress
+
+    starts = range(0, len(runs), rows_per_pass)
+    for start in progress(starts, "frozen scales", unit="pass", show=len(starts) > 1):
         chunk = runs[start : start + rows_per_pass]
         hooks = []
         for n in names:

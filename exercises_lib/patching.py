@@ -470,11 +470,9 @@ def _identical(site: _Site, source: dict[str, Tensor], target: dict[str, Tensor]
 
 
 def _progress(items, show: bool, desc: str):
-    if not show:
-        return items
-    from tqdm.auto import tqdm
+    from exercises_lib.progress import progress
 
-    return tqdm(items, desc=desc, leave=False)
+    return progress(items, desc, show=show)
 
 
 @torch.no_grad()

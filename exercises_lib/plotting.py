@@ -21,7 +21,8 @@ import plotly.graph_objects as go
 import torch
 
 __all__ = [
-    "imshow", "line", "scatter", "bar", "attention_view", "figure_title", "say", "to_numpy",
+    "imshow", "line", "scatter", "bar", "attention_view", "figure_title", "say", "title_margin", "to_numpy",
+    "wrap_title",
     "HOW_WE_KNOW", "summary_table",
 ]
 
@@ -40,7 +41,28 @@ def figure_title(title: str, model=None, source: str | None = None) -> str:
             "for a figure that comes from no model)"
         )
     name = _name(model) if model is not None else source
-    return f"{title} <span style='font-size:0.8em'>[{name}]</span>" if title else f"[{name}]"
+    if not title:
+        return f"[{name}]"
+    lines = wrap_title(title)
+    tag = f"<span style='font-size:0.8em'>[{name}]</span>"
+    if len(lines[-1]) + len(name) + 3 > TITLE_LINE_CHARS:
+        return "<br>".join(lines) + "<br>" + tag
+    return "<br>".join(lines) + " " + tag
+
+
+#: Characters per title line: a figure in the book's text column (~800 px) leaves
+#: about this much room beside plotly's toolbar, at the title's font size.
+TITLE_LINE_CHARS = 60
+
+
+def wrap_title(title: str, width: int = TITLE_LINE_CHARS) -> list[str]:
+    """A title's lines: existing ``<br>`` kept, longer lines broken between words."""
+    import textwrap
+
+    lines: list[str] = []
+    for part in title.split("<br>"):
+        lines += textwrap.wrap(part, width, break_long_words=False, break_on_hyphens=False) or [""]
+    return lines
 
 
 def _name(model) -> str:
@@ -55,8 +77,31 @@ def say(model, *values: Any, sep: str = " ") -> None:
     print(f"[{_name(model)}]", *values, sep=sep)
 
 
+def title_margin(title: str) -> int:
+    """The top margin (px) a figure needs for ``title`` (as made by :func:`figure_title`)."""
+    return 60 + 22 * title.count("<br>")
+
+
+def _integer_ticks(fig: go.Figure) -> None:
+    """Heatmap rows and columns numbered 0..n-1 (layers, heads, positions): one tick per
+    integer when there are few, never ticks between cells."""
+    for trace in fig.data:
+        if trace.type != "heatmap" or trace.z is None:
+            continue
+        z = np.asarray(trace.z)
+        for letter, n in (("x", z.shape[-1]), ("y", z.shape[0])):
+            coords = getattr(trace, letter)
+            if coords is not None and not all(isinstance(c, (int, np.integer)) for c in coords):
+                continue
+            axis = getattr(trace, f"{letter}axis") or letter
+            key = axis.replace("x", "xaxis").replace("y", "yaxis")
+            fig.layout[key].update(dtick=1 if n <= 24 else int(np.ceil(n / 12)), tick0=0)
+
+
 def _finish(fig: go.Figure, title: str, model, source, show: bool, height: int | None):
-    fig.update_layout(title=figure_title(title, model, source), margin=dict(t=90))
+    text = figure_title(title, model, source)
+    fig.update_layout(title=text, margin=dict(t=title_margin(text)))
+    _integer_ticks(fig)
     if height:
         fig.update_layout(height=height)
     if show:

@@ -524,8 +524,10 @@ def ablation_by_head(model, prompts: TemplatePrompts, layers: Sequence[int] | No
         pattern[rows, heads, dest] = one_hot
         return pattern
 
+    from exercises_lib.progress import progress
+
     drops = torch.zeros(model.cfg.n_layers, H)
-    for layer in layers:
+    for layer in progress(layers, "ablating heads", unit="layer", show=len(layers) > 1):
         logits = logits_at(model, big, dest, [(f"blocks.{layer}.attn.hook_pattern", hook)])
         p_abl = _answer_probs(logits, answers)[1].reshape(H, n).mean(-1).cpu()
         drops[layer] = p.mean().cpu() - p_abl

@@ -54,7 +54,7 @@ def plot_behaviour_distribution(table: Tensor, groups: Sequence[str | None], mod
     """Stacked bars: the share of each behaviour, overall and per destination token."""
     import plotly.graph_objects as go
 
-    from exercises_lib.plotting import figure_title, to_numpy
+    from exercises_lib.plotting import figure_title, title_margin, to_numpy
 
     names = ["all" if g is None else show_token(g) for g in groups]
     if counts is not None:
@@ -65,8 +65,9 @@ def plot_behaviour_distribution(table: Tensor, groups: Sequence[str | None], mod
         fig.add_trace(go.Bar(name=b, x=names, y=arr[:, k], marker_color=_COLOURS[b]))
     fig.update_layout(
         barmode="stack", yaxis_title="share of destination positions", xaxis_title="destination token (count)",
-        title=figure_title(title or "Behaviour of the head, overall and per destination token", model), margin=dict(t=60),
     )
+    text = figure_title(title or "Behaviour of the head, overall and per destination token", model)
+    fig.update_layout(title=text, margin=dict(t=title_margin(text)))
     if show:
         fig.show()
         return None
@@ -125,18 +126,19 @@ def position_figure(model, code: str, position: int, layer: int, head: int):
     """Bar chart of ``layer.head``'s attention from one position of ``code``, titled with its label."""
     import plotly.graph_objects as go
 
-    from exercises_lib.plotting import figure_title
+    from exercises_lib.plotting import figure_title, title_margin
 
     info = explain_position(model, code, position, layer, head)
     p, toks = info["position"], info["str_tokens"]
     m = info["masses"].tolist()
     fig = go.Figure(go.Bar(x=[f"{i}: {show_token(t)}" for i, t in enumerate(toks[: p + 1])], y=info["row"].tolist()))
+    text = figure_title(
+        f"{layer}.{head} from position {p} {show_token(toks[p])}: <b>{info['label']}</b><br>"
+        f"(BOS {m[0]:.2f}, previous {m[1]:.2f}, induction {m[2]:.2f}, deeper indent {m[3]:.2f})", model,
+    )
     fig.update_layout(
-        title=figure_title(
-            f"{layer}.{head} from position {p} {show_token(toks[p])}: <b>{info['label']}</b> "
-            f"(BOS {m[0]:.2f}, previous {m[1]:.2f}, induction {m[2]:.2f}, deeper indent {m[3]:.2f})", model,
-        ),
-        yaxis_title="attention", yaxis_range=[0, 1], xaxis_title="source token", height=400, margin=dict(t=60),
+        title=text, yaxis_title="attention", yaxis_range=[0, 1], xaxis_title="source token",
+        height=400 + title_margin(text), margin=dict(t=title_margin(text)),
     )
     return fig
 

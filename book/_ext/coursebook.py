@@ -62,6 +62,7 @@ PLOTLY_JS = "vendor/plotly/plotly.min.js"
 CIRCUITSVIS_JS = "vendor/circuitsvis/circuitsvis.js"
 COLAB_BADGE = "course/colab-badge.svg"
 WIDGETS_MATHJAX_JS = "course/widgets-mathjax.js"
+FIGURES_JS = "course/figures.js"  # fits figures and text tables to the page once drawn
 WIDGET_VIEW_MIME = "application/vnd.jupyter.widget-view+json"
 WIDGET_STATE_MIME = "application/vnd.jupyter.widget-state+json"
 WIDGET_NOTE = (
@@ -434,6 +435,7 @@ def setup(app: Sphinx) -> dict[str, Any]:
     app.add_post_transform(SolutionToggle)
     app.add_post_transform(OfflineOutputs)
     app.add_css_file("course/course.css")
+    app.add_js_file(FIGURES_JS, priority=900)
     app.connect("html-page-context", add_page_assets, priority=502)
     app.connect("build-finished", copy_vendored)
     return {"version": "1", "parallel_read_safe": True, "parallel_write_safe": True}

@@ -4,8 +4,16 @@ A check recomputes the answer with the course's reference implementation on
 the same model and inputs, compares, and prints one line when the student's
 function is right, or a short paragraph saying what differs (type, shape,
 dtype, device, NaN, which index and by how much, and, when the answer matches
-a *typical mistake*, which one) with a hint. It never shows a traceback of its
-own; an exception raised by the student's function is reported as theirs.
+a *typical mistake*, which one). It never shows the solution: the check's hint
+is shown only on request, after a failed attempt (``f.hint()`` on the result,
+``hint("module.f")``, or the collapsed "Hint" under the verdict in a notebook).
+It never shows a traceback of its own; an exception raised by the student's
+function is reported as theirs.
+
+The student's function runs on copies of its tensor inputs, and inside a guard
+of the model (:mod:`exercises_lib.checks._guard`): a weight edited in place, a
+parameter replaced or a hook left attached is reported as the student's
+mistake and undone, so later cells run on the intact model.
 
 Checks are registered by the chapters' modules in this package
 (``checks/duplicate_tokens.py``...) with :func:`register_check`. A check runs
@@ -37,10 +45,19 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
+from . import _guard
+
 __all__ = [
     "Check", "CheckFailed", "CheckResult", "CHECKS", "register_check", "check", "compare",
-    "course_function", "load_check_modules", "random_pattern", "run_check", "run_with_cache_once",
+    "course_function", "hint", "load_check_modules", "random_pattern", "run_check", "run_with_cache_once",
 ]
+
+
+class _Printed(str):
+    """Text already printed: a notebook shows nothing more when it is a cell's value."""
+
+    def _ipython_display_(self) -> None:
+        pass
 
 
 class CheckFailed(AssertionError):
@@ -68,6 +85,7 @@ class CheckResult:
     message: str
     submitted: Callable | None = None
     function: Callable | None = None
+    attempted: bool = False  # the student's function ran (and failed): a hint may be shown
 
     def __bool__(self) -> bool:
         return self.passed
@@ -88,6 +106,18 @@ class CheckResult:
     def _ipython_display_(self) -> None:
         """Show nothing: check() has already printed its verdict."""
 
+    def hint(self) -> str:
+        """Print (and return) the check's hint: only after a failed attempt."""
+        if self.passed:
+            text = f"{self.name} passed: no hint needed."
+        elif not self.attempted:
+            text = f"Write your function and run its check first: the hint of {self.name} is shown after a first attempt."
+        else:
+            chk = CHECKS.get(self.name)
+            text = f"Hint for {self.name}: {chk.hint}" if chk else f"There is no check called {self.name!r}."
+        print(text)
+        return _Printed(text)
+
 
 @dataclass
 class Check:
@@ -98,7 +128,8 @@ class Check:
         reference: the course's implementation (same signature as the student's).
         cases: ``cases(**context) -> list[dict]``: keyword arguments for each call;
             the first is the one shown in the notebook, the rest are hidden.
-        hint: shown when the answer is wrong.
+        hint: shown on request after a failed attempt; says where to look, not what to
+            write (no expression of the solution: ``tests/test_check_hints.py`` checks it).
         mistakes: ``{description: fn}``: typical wrong implementations; when the
             student's output matches one, the message names it.
         atol, rtol: tolerances of :func:`torch.testing.assert_close`.
@@ -313,17 +344,38 @@ def _run_check(name: str, student_fn: Callable, **context: Any) -> CheckResult:
         return CheckResult(name, False, f"This check needs {', '.join(missing)}: call check({name!r}, your_function, {', '.join(f'{k}={k}' for k in missing)}).")
     if not callable(student_fn):
         return CheckResult(name, False, f"Pass your function itself (not its result): got {_describe(student_fn)}.")
+    guard = _guard.ModelGuard(_guard.modules_in(context))
+    note = _guard.describe_stale_hooks(guard.stale_hooks)
+    try:
+        result = _run_cases(chk, student_fn, guard, context)
+    except BaseException:
+        guard.undo()  # whatever happened, the model leaves the check as it came in
+        raise
+    if note:
+        result.message = f"{result.message} {note}"
+    return result
+
+
+def _run_cases(chk: Check, student_fn: Callable, guard: "_guard.ModelGuard", context: dict) -> CheckResult:
+    name = chk.name
     try:
         cases = chk.cases(**context)
     except Exception as err:  # a broken context (e.g. a model of the wrong kind)
         return CheckResult(name, False, f"Could not prepare the check's inputs: {type(err).__name__}: {err}")
     for i, kwargs in enumerate(cases):
         label = "the example in the notebook" if i == 0 else f"hidden test case {i}"
-        expected = chk.reference(**kwargs)
+        expected = chk.reference(**_guard.clone_inputs(kwargs))
         try:
-            actual = student_fn(**kwargs)
+            actual = student_fn(**_guard.clone_inputs(kwargs))
         except Exception as err:
-            return CheckResult(name, False, f"On {label}, {_student_error(name, err)}")
+            damage = guard.undo()
+            msg = f"On {label}, {_student_error(name, err)}"
+            if damage:
+                msg += f". Also, {damage}."
+            return CheckResult(name, False, msg, attempted=not isinstance(err, NotImplementedError))
+        damage = guard.undo()
+        if damage:
+            return CheckResult(name, False, f"On {label}, {damage}.", attempted=True)
         try:
             why = (
                 chk.compare_fn(actual, expected, kwargs)
@@ -337,15 +389,14 @@ def _run_check(name: str, student_fn: Callable, **context: Any) -> CheckResult:
             msg = f"On {label}: {why}."
             if diagnosis:
                 msg += f" It matches a typical mistake: {diagnosis}."
-            msg += f" Hint: {chk.hint}"
-            return CheckResult(name, False, msg)
+            return CheckResult(name, False, msg, attempted=True)
     return CheckResult(name, True, f"all {len(cases)} test cases pass")
 
 
 def _diagnose(chk: Check, actual: Any, kwargs: dict) -> str | None:
     for description, wrong_fn in chk.mistakes.items():
         try:
-            wrong = wrong_fn(**kwargs)
+            wrong = wrong_fn(**_guard.clone_inputs(kwargs))
             same = (
                 chk.compare_fn(actual, wrong, kwargs)
                 if chk.compare_fn
@@ -356,6 +407,41 @@ def _diagnose(chk: Check, actual: Any, kwargs: dict) -> str | None:
         if same:
             return description
     return None
+
+
+#: Checks that failed an attempt in this session: their hints may be shown.
+_FAILED: set[str] = set()
+
+
+def hint(name: str) -> str:
+    """Print (and return) the hint of check ``name``, once the check has failed an attempt."""
+    load_check_modules()
+    if name not in CHECKS:
+        text = f"There is no check called {name!r}."
+    elif name not in _FAILED:
+        text = f"Run check({name!r}, ...) on your function first: its hint is shown after a first failed attempt."
+    else:
+        text = f"Hint for {name}: {CHECKS[name].hint}"
+    print(text)
+    return _Printed(text)
+
+
+def _show_collapsed_hint(name: str) -> None:
+    """In a notebook, a collapsed "Hint" under the verdict (nothing elsewhere)."""
+    try:
+        from IPython import get_ipython
+        from IPython.display import HTML, display
+    except ImportError:
+        return
+    shell = get_ipython()
+    if shell is None or not hasattr(shell, "kernel"):
+        return
+    import html as _html
+
+    display(HTML(
+        '<details class="course-hint"><summary>Hint (open it once you have tried)</summary>'
+        f"<p>{_html.escape(CHECKS[name].hint)}</p></details>"
+    ))
 
 
 def check(name: str, student_fn: Callable, **context: Any) -> CheckResult:
@@ -377,10 +463,16 @@ def check(name: str, student_fn: Callable, **context: Any) -> CheckResult:
     text = f"{mark} {name}: {'passed' if result.passed else 'not yet'} - {result.message}"
     print(text)
     fn_name = name.rsplit(".", 1)[-1]
+    offer = result.attempted and not result.passed and name in CHECKS
+    if offer:
+        _FAILED.add(name)
+        print(f"  Stuck? `{fn_name}.hint()` shows a hint (or open the Hint below).")
     if result.passed:
         print(f"  Later cells use your {fn_name}.")
     elif result.function is not None:
         print(f"  Later cells use the course's {fn_name} until yours passes (edit it, then run this cell again).")
+    if offer:
+        _show_collapsed_hint(name)
     if not result.passed and os.environ.get("MECHINTERP_CHECKS_RAISE"):
         raise CheckFailed(text)
     return result

@@ -15,7 +15,11 @@ register_check(
     "basics.attention_entropy",
     reference=attention_entropy,
     cases=_cases,
-    hint="H = -sum_j a_j log a_j over the last (source) dimension, treating 0 log 0 as 0 (e.g. clamp before the log).",
+    hint=(
+        'The entropy of a distribution adds, over its outcomes, minus each probability times its natural '
+        'logarithm; here the outcomes are the sources (the last dimension). A zero probability contributes '
+        'nothing, but its logarithm is -inf: keep it out of the log.'
+    ),
     mistakes={
         "the entropy in bits (log base 2) instead of nats": lambda pattern: -(pattern * pattern.clamp_min(1e-30).log2()).sum(-1),
         "a missing minus sign": lambda pattern: (pattern * pattern.clamp_min(1e-30).log()).sum(-1),

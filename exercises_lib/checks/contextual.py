@@ -65,9 +65,10 @@ register_check(
     atol=1e-4,
     rtol=1e-3,
     hint=(
-        "x_i = E[t] + P[i]; s_i = 1/sqrt(mean(x_i^2) + eps) (x is centred already); "
-        "q_n = s_n x_n W_Q + b_Q; positional keys s_i P[i] W_K + b_K; scores / sqrt(d_head); "
-        "mask sources i > n with -inf, then softmax over the source (last) axis."
+        "The residual at position i is the token's embedding plus the positional embedding; LayerNorm scales "
+        'it (it is centred already). Queries use the whole residual, keys only its positional part (with the '
+        'key bias). Divide the scores by the square root of the head dimension, hide the future sources, and '
+        'normalise over the sources.'
     ),
     mistakes={
         "softmax over the destination axis instead of the source axis": lambda **kw: _positional_variant(**kw, axis=-2),
@@ -130,9 +131,10 @@ register_check(
     atol=1e-4,
     rtol=1e-3,
     hint=(
-        "s_i = 1 / cache['blocks.0.ln1.hook_scale'][0]; q = cache['blocks.0.attn.hook_q'][0] (pos, head, d_head); "
-        "positional keys s_i P[i] W_K + b_K give pi (masked softmax over sources); content keys s_i E[t_i] W_K "
-        "give c = exp(q.k / sqrt(d_head)), zero above the diagonal; Z = sum_i pi c."
+        "The cache holds what you need: layer 0's LayerNorm divisor (invert it to get the scale s) and the "
+        'queries. Split each key into a positional part (from P, with the key bias) and a content part (from '
+        'E): the positional scores give pi, the content scores give c (zero where a source comes after its '
+        'destination), and Z sums pi times c over the sources.'
     ),
     mistakes={
         "the LayerNorm scale left out (raw E and P in the keys)": lambda **kw: _factorise_variant(**kw, ln=False),
@@ -181,9 +183,10 @@ register_check(
     needs=("model",),
     model=MODEL,
     hint=(
-        "For destinations n >= n_min: local_mass = pi_n(n) + pi_n(n-1) + pi_n(n-2) + pi_n(n-3); "
-        "recent_mass = pi_n(n) + ... + pi_n(n - window + 1) (a cumsum along the sources helps); "
-        "average each over n; stack as [head, 2]."
+        "Only destinations from n_min on count. The local mass adds the pattern's weight on the destination "
+        "itself and the three sources before it; the recent mass adds its weight on the last `window` sources "
+        "up to and including the destination (a running total along the sources avoids a loop). Average each "
+        "over the destinations."
     ),
     mistakes={
         "the current token left out of local_mass (k = 1..3 instead of 0..3)": lambda pi, n_min, window=100: _features_variant(pi, n_min, window, ks=(1, 2, 3)),
@@ -256,8 +259,9 @@ register_check(
     needs=("model",),
     model=MODEL,
     hint=(
-        "Merge the thresholds into CLASSIFY_THRESHOLDS (dict(CLASSIFY_THRESHOLDS, **(thresholds or {}))), then for each head "
-        "test duplicate, then detokenisation, then contextual (recent_mass > recent), else unclear."
+        'Start from the default thresholds and let the given ones override them. The rules are tried in a '
+        'fixed order and the first that applies wins: duplicate, then detokenisation, then contextual (its '
+        'recent mass above its threshold); a head that matches none is unclear.'
     ),
     mistakes={
         "the rules tested in another order (detokenisation before duplicate)": lambda **kw: _classify_variant(**kw, order="local-dup-spread"),
@@ -313,9 +317,10 @@ register_check(
     atol=1e-4,
     rtol=1e-3,
     hint=(
-        "Queries from E[dest_token] + P[n] (LayerNormed) at every position; keys from the real tokens, split into "
-        "s_i E[t_i] W_K and s_i P[i] W_K + b_K; Z_n = sum_{i<=n} exp(full score) / sum_{i<=n} exp(positional score) "
-        "(use logsumexp for stability). Content scores of the `neutral` source positions are 0."
+        "Queries come from the fixed destination token at each position; keys from the sequence's real "
+        'tokens, split into a content part and a positional part. Z_n compares the full scores with the '
+        'positional scores alone over the sources up to n: a ratio of sums of exponentials, best computed '
+        'with log-sum-exp. The `neutral` positions have no content score.'
     ),
     mistakes={
         "the query of the real destination token, not of dest_token": lambda **kw: _Z_variant(**kw, real_dest=True),
@@ -338,7 +343,11 @@ register_check(
     "contextual.independent_model_variance",
     reference=cx.independent_model_variance,
     cases=_variance_cases,
-    hint="sigma^2 = c_values.var(-1) (unbiased) per head; multiply by sum over sources of pi^2: [head, dest].",
+    hint=(
+        'If the content factors were independent draws, the variance of a weighted sum is their variance '
+        "times the sum of the squared weights. Use the unbiased variance of each head's values, and the "
+        "pattern's squared weights summed over the sources of each destination."
+    ),
     mistakes={
         "sum_j pi_n(j) (which is 1) instead of sum_j pi_n(j)^2": lambda pi, c_values: c_values.var(-1)[:, None] * pi.sum(-1),
         "the standard deviation instead of the variance": lambda pi, c_values: c_values.std(-1)[:, None] * pi.pow(2).sum(-1),
@@ -391,8 +400,9 @@ register_check(
     atol=1e-4,
     rtol=1e-3,
     hint=(
-        "c = content_weights(model, token_ids, dest_token, dest_pos)[heads]; s = token_ln_scale(model, token_ids); "
-        "sum over the given heads of (c_h / Z_h * s)[:, None] * E[token_ids] @ W_V[0, h] @ W_O[0, h]."
+        "For each given head, a token's weight is its content weight divided by the head's normalisation "
+        "factor and times its LayerNorm scale; that weights the token's embedding, carried through the head's "
+        'OV circuit. Add the heads.'
     ),
     mistakes={
         "the content weights c_h(t) left out": lambda **kw: _ext_variant(**kw, use_c=False),
@@ -448,9 +458,10 @@ register_check(
     atol=1e-3,
     rtol=1e-4,
     hint=(
-        "For each chunk: C = ln2_scale * (W_in.T @ ext[chunk].T)  [d_mlp, chunk]; concatenate with the running "
-        "top values along dim 1 and keep topk(k, dim=1) (and the matching token ids, offset by the chunk's start); "
-        "same with largest=False; accumulate sum and sum of squares for mean and population std."
+        "Never build the whole [d_mlp, vocab] matrix: take the vocabulary in chunks, compute each chunk's "
+        "contributions (with the second LayerNorm's scale), and keep only running results: the k largest and "
+        "k smallest so far with their token ids (mind each chunk's offset), a running sum and a running sum "
+        'of squares for the mean and the population standard deviation.'
     ),
     mistakes={
         "only the last chunk kept (the running top/bottom k are not merged across chunks)": _summary_last_chunk,
@@ -484,7 +495,11 @@ register_check(
     "contextual.bag_of_tokens_prediction",
     reference=cx.bag_of_tokens_prediction,
     cases=_bag_cases,
-    hint="Gather T[:, tokens] ([head, src]); einsum('hni,hi->hn', pi[:, :n, :n], that); divide by Z[:, :n]; sum over heads.",
+    hint=(
+        "Each source contributes its token's value for each head; weight those by the head's positional "
+        "pattern row of the destination, correct by that row's normalisation factor Z, and add up the heads. "
+        'Look at the shapes: which axis of pi is the source?'
+    ),
     mistakes={
         "not divided by Z": lambda T, tokens, pi, Z: torch.einsum("hni,hi->n", pi[:, : len(tokens), : len(tokens)], T[:, tokens]),
         "the pattern transposed (summed over destinations instead of sources)": lambda T, tokens, pi, Z: (
@@ -526,7 +541,11 @@ register_check(
     cases=_svd_cases,
     atol=1e-3,
     rtol=1e-3,
-    hint="U, S, Vh = torch.linalg.svd(rows, full_matrices=False); part_j = U[:, j] * S[j] * (Vh[j] @ w) for j < k.",
+    hint=(
+        "A thin singular value decomposition of the rows gives k directions; each part is the rows' component "
+        'along one direction (its left singular vector times its singular value) times how much that '
+        "direction points along w. The parts must add up (over all directions) to the rows' projection on w."
+    ),
     mistakes={
         "the parts not projected on w (U S alone, whose signs are arbitrary)": lambda rows, w, k: _svd_variant(rows, w, k, kind="no_w"),
         "the singular values S left out": lambda rows, w, k: _svd_variant(rows, w, k, kind="no_S"),

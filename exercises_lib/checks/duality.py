@@ -69,7 +69,10 @@ register_check(
     "duality.logit_diff",
     reference=D.logit_diff,
     cases=_cases_logit_diff,
-    hint="take the logits at the last position, then logits[b, correct[b]] - logits[b, incorrect[b]] for each prompt b.",
+    hint=(
+        "Only the last position predicts the answer. For each prompt, read that prompt's own correct and "
+        'incorrect token (one pair per row, not every pair with every row).'
+    ),
     mistakes={
         "the sign is flipped (incorrect - correct)": lambda logits, correct, incorrect: -D.logit_diff(logits, correct, incorrect),
         "the logits of the first position instead of the last": _mistake_first_position,
@@ -99,7 +102,10 @@ register_check(
     "duality.logit_diff_directions",
     reference=D.logit_diff_directions,
     cases=_cases_directions,
-    hint="the columns model.W_U[:, correct] - model.W_U[:, incorrect], transposed to [batch, d_model].",
+    hint=(
+        "The unembedding's columns are the tokens' output directions. One direction per prompt: correct minus "
+        'incorrect. Check which axis of your result is the batch.'
+    ),
     mistakes={
         "the sign is flipped (incorrect - correct)": lambda model, correct, incorrect: -D.logit_diff_directions(model, correct, incorrect),
         "the directions are normalised to unit length": lambda model, correct, incorrect: torch.nn.functional.normalize(
@@ -142,9 +148,9 @@ register_check(
     reference=D.logit_lens_logit_diff,
     cases=_cases_with_cache,
     hint=(
-        "cache.accumulated_resid(layer=-1, incl_mid=True, pos_slice=-1) gives [component, batch, d_model]; "
-        "scale it with cache.apply_ln_to_stack(stack, layer=-1, pos_slice=-1) (the final LayerNorm's cached "
-        "scale), then dot each prompt's residual with its direction."
+        'The cache gives the residual stream after each component (ask for the mid-layer points too), at the '
+        "last position, and can apply the final LayerNorm's cached scale to that stack. Then project each "
+        "prompt's residual on its own direction."
     ),
     mistakes={
         "the final LayerNorm's scale is not applied": _lens_without_ln,
@@ -181,9 +187,9 @@ register_check(
     reference=D.head_logit_attribution,
     cases=_cases_with_cache,
     hint=(
-        "cache.stack_head_results(layer=-1, pos_slice=-1) gives every head's output at the last position "
-        "[layer*head, batch, d_model]; apply the final LayerNorm's cached scale (cache.apply_ln_to_stack("
-        "..., layer=-1, pos_slice=-1)), dot with the directions, reshape to [layer, head, batch]."
+        "The cache can stack every head's output at one position for you, and apply the final LayerNorm's "
+        "cached scale to such a stack; then project each prompt's head outputs on that prompt's direction and "
+        'arrange the result by layer and head.'
     ),
     mistakes={
         "the final LayerNorm's scale is not applied": _dla_without_ln,
@@ -215,7 +221,10 @@ register_check(
     "duality.dual_word_attention",
     reference=D.dual_word_attention,
     cases=_cases_attention,
-    hint="pattern is [batch, head, dest, src]: the destination is the last position, the source the dual word.",
+    hint=(
+        "The pattern's axes are batch, head, destination, source. Which position is the destination here "
+        '(where the answer is predicted) and which the source (the dual word)?'
+    ),
     mistakes={
         "destination and source are swapped": lambda pattern, head, dual_pos: pattern[:, head, dual_pos, -1],
         "the attention of the dual word's own position, not of the last one": lambda pattern, head, dual_pos: pattern[:, head, dual_pos, dual_pos],
@@ -244,7 +253,10 @@ register_check(
     "duality.normalise",
     reference=D.normalise,
     cases=_cases_normalise,
-    hint="(metric - corrupt) / (clean - corrupt): the corrupted value maps to 0 and the clean value to 1.",
+    hint=(
+        'The corrupted run should map to 0 and the clean run to 1, with everything in between on a straight '
+        'line: measure from the corrupted value, in units of the gap between the two runs.'
+    ),
     mistakes={
         "normalised against the wrong baseline: (metric - clean) / (corrupt - clean) maps the clean run to 0":
             lambda metric_values, clean_value, corrupt_value: (metric_values - clean_value) / (corrupt_value - clean_value),
@@ -329,9 +341,9 @@ register_check(
     reference=D.patch_resid_pre,
     cases=_cases_resid_pre,
     hint=(
-        "a hook on f'blocks.{layer}.hook_resid_pre' that clones the activation, copies "
-        "source_cache[same name][:, pos] into [:, pos] and returns it; run model.run_with_hooks(target_tokens, "
-        "fwd_hooks=[(name, hook)]) and return metric(logits)."
+        'Hook the residual stream at the start of the layer; in the hook, work on a copy of the activation, '
+        "put the source run's value at the given position, and return it. Run the target tokens with that "
+        'hook (TransformerLens can attach it for one run only) and apply the metric to the logits.'
     ),
     mistakes={
         "every position was patched, not only `pos`": _patch_every_position,
@@ -348,8 +360,9 @@ register_check(
     reference=D.patch_resid_mid,
     cases=_cases_resid_mid,
     hint=(
-        "hook_resid_mid is only the MLP's input in the bridge. Capture the current resid_pre of the layer with "
-        "one hook, then on f'blocks.{layer}.hook_attn_out' set [:, pos] to source resid_mid - captured resid_pre."
+        'In the bridge, the mid-layer residual hook only feeds the MLP; to change what the rest of the model '
+        "sees, change the attention output instead: it must carry the source's mid-layer residual minus this "
+        "run's residual at the start of the layer, which you capture with a second hook."
     ),
     mistakes={
         "the value was written to hook_resid_mid, which in the bridge is only the MLP's input "
@@ -397,7 +410,10 @@ register_check(
     "duality.patch_rows",
     reference=D.patch_rows,
     cases=_cases_patch_rows,
-    hint="advanced indexing: rows = torch.arange(n_rows); out[rows, position_of_row] = source[prompt_of_row, position_of_row].",
+    hint=(
+        'Each row gets its own patch position and its own source prompt. Indexing with two integer tensors of '
+        'the same length picks one element per row: one assignment does it, with no loop (and on a copy).'
+    ),
     mistakes={
         "every position of each row was patched, not only its own": _rows_all_positions,
         "every row was patched at the first row's position": _rows_first_position,
@@ -430,7 +446,10 @@ register_check(
     "duality.patch_head_z",
     reference=D.patch_head_z,
     cases=_cases_head_z,
-    hint="hook_z is [batch, pos, head, d_head]: replace [:, :, head] (every position) and keep the other heads.",
+    hint=(
+        "The activation's axes are batch, position, head, d_head. Replace one head's slice at every position "
+        'and leave the other heads as they are (and do not edit the activation you were given).'
+    ),
     mistakes={
         "the head index was used on the position axis (z[:, head])": _head_on_pos_axis,
         "every head was replaced": lambda z, source_z, head: source_z.clone(),
@@ -463,7 +482,11 @@ register_check(
     "duality.head_output_delta",
     reference=D.head_output_delta,
     cases=_cases_delta,
-    hint="z = cache[f'blocks.{layer}.attn.hook_z'][:, :, head] for each run; (z_source - z_target) @ model.W_O[layer, head].",
+    hint=(
+        "A head's contribution to the residual stream is its z (one vector per position) multiplied by its "
+        "output matrix. Take the difference of the head's z between the two runs first; which run comes first "
+        'decides the sign.'
+    ),
     mistakes={
         "source and target are swapped (the sign is flipped)":
             lambda model, source_cache, target_cache, layer, head: -D.head_output_delta(model, source_cache, target_cache, layer, head),

@@ -71,8 +71,8 @@ register_check(
     reference=dt.duplicate_token_score,
     cases=_score_cases,
     hint=(
-        "for each destination n, add the attention on every source i < n holding the same token; "
-        "average that over the destinations that have at least one earlier copy (and over the batch)."
+        'For each destination n, add the attention on every source i < n holding the same token; average that '
+        'over the destinations that have at least one earlier copy (and over the batch).'
     ),
     mistakes={
         "you counted the token itself as its own copy (take i < n, not i <= n)": _score_with_self,
@@ -116,7 +116,10 @@ register_check(
     model=MODEL,
     atol=1e-4,
     rtol=1e-3,
-    hint="the residual at position i is x = W_E[t_i] + W_pos[i]; return sqrt(d_model) / |x| for every position.",
+    hint=(
+        "The chapter's scale is the multiplier: sqrt(d_model) over the norm of the residual at each position, "
+        "where that residual is the token's embedding plus the position's embedding."
+    ),
     mistakes={
         "you returned |x| / sqrt(d_model), TransformerLens's hook_scale: the chapter's scale is its inverse": _ln_inverse,
         "you forgot the factor sqrt(d_model)": _ln_no_sqrt_d,
@@ -147,7 +150,10 @@ register_check(
     model=MODEL,
     atol=1e-4,
     rtol=1e-3,
-    hint="if E[t] and P[i] are orthogonal, |E[t] + P[i]|^2 = |E[t]|^2 + |P[i]|^2.",
+    hint=(
+        'If the token and position embeddings are orthogonal, the squared norm of their sum is the sum of '
+        'their squared norms (Pythagoras).'
+    ),
     mistakes={
         "you added the norms |E| + |P|: orthogonal vectors add their squared norms": _approx_sum_of_norms,
         "you returned the inverse, |x| / sqrt(d_model)": _approx_inverse,
@@ -194,8 +200,10 @@ register_check(
     atol=1e-4,
     rtol=1e-3,
     hint=(
-        "OV = W_V[0, head] @ W_O[0, head]; token part: ln_scale[n] * W_E[t_n] @ OV; positional part: "
-        "pattern @ (ln_scale[:, None] * W_pos[:pos] @ OV), rows are destinations."
+        "The head's output is its value-weighted sum through the OV circuit. Split each source's residual "
+        'into its token embedding and its positional embedding, both times their LayerNorm scale: the token '
+        "part uses the destination's own token (a duplicate head copies it), the positional part averages the "
+        'scaled positions with the attention pattern.'
     ),
     mistakes={
         "you left out the LayerNorm scale": _parts_no_scale,
@@ -238,7 +246,11 @@ register_check(
     model=MODEL,
     atol=1e-4,
     rtol=1e-3,
-    hint="W_pos @ W_V[layer, head] @ W_O[layer, head] @ W_in[layer]: one matrix product, every neuron at once.",
+    hint=(
+        "Follow the positional embeddings through the head's value and output weights, then into every "
+        "neuron's input weights: a chain of matrix products (multiply the small matrices first: it is much "
+        'faster).'
+    ),
     mistakes={
         "you used W_K instead of W_V: the positional information travels through the OV circuit": _pvo_with_key,
         "you used W_out (the MLP's output weights): the neuron reads the residual stream through W_in": _pvo_with_w_out,
@@ -272,7 +284,10 @@ register_check(
     "duplicate_tokens.pvo_norm_grid",
     reference=dt.pvo_norm_grid,
     cases=_grid_cases,
-    hint="pvo.norm(dim=0) gives one number per neuron; reshape it row-major, so neuron k sits at (k // cols, k % cols).",
+    hint=(
+        'One number per neuron: the norm of its column over positions. Lay the neurons out row by row '
+        '(row-major), so that neuron k lands in row k // cols.'
+    ),
     mistakes={
         "your grid is laid out column-major: neuron k must sit at row k // cols, column k % cols": _grid_column_major,
         "you took the mean |PVO|, not the norm over positions": _grid_mean_abs,
@@ -330,9 +345,10 @@ register_check(
     atol=1e-4,
     rtol=1e-3,
     hint=(
-        "PVO of every head for this neuron: einsum of W_pos, W_V[0], W_O[0] and W_in[0][:, neuron]; weight each "
-        "source by ln1_scale and the attention, sum over sources, multiply by ln2_scale at the destination; "
-        "the last row is the direct path ln2_scale[n] * W_pos[n] . W_in[0][:, neuron]."
+        "For this one neuron, follow each position's embedding through every head's OV circuit into the "
+        "neuron's input weights. Weight each source by its first LayerNorm scale and the head's attention, "
+        'add up the sources, and scale by the second LayerNorm at the destination; the last row is the path '
+        'that skips the heads.'
     ),
     mistakes={
         "you left out the MLP's LayerNorm scale (ln2_scale, at the destination)": _contrib_no_ln2,
@@ -376,7 +392,9 @@ register_check(
     "duplicate_tokens.uniform_copy_weights",
     reference=dt.uniform_copy_weights,
     cases=_weights_cases,
-    hint="mark (n, i) with i <= n and t_i == t_n (the diagonal included), then divide each row by its count.",
+    hint=(
+        'Mark (n, i) with i <= n and t_i == t_n (the diagonal included), then divide each row by its count.'
+    ),
     mistakes={
         "you left out the token itself: a duplicate head also attends to the current position": _weights_no_self,
         "you also counted later copies: attention is causal (i <= n)": _weights_not_causal,
@@ -431,10 +449,11 @@ register_check(
     atol=1e-4,
     rtol=1e-3,
     hint=(
-        "scaled PVO per head (times ln1_scale at the source); duplicate head: uniform_copy_weights(tokens) @ it; "
-        "uniform heads: running mean (cumsum / count); other heads: the value at n; add the direct path "
-        "W_pos[n] . W_in[0][:, neuron] and the attention's output bias b_O[0] . W_in[0][:, neuron], multiply by "
-        "ln2_scale, add b_in[0, neuron]."
+        "Start from the positional contributions of each head (with the first LayerNorm's scale at the "
+        'source). How does each kind of head mix its sources: the duplicate head over the copies of the '
+        'current token, uniform heads over everything so far, the others only the current position? Add the '
+        "direct path and what the attention's output bias sends to the neuron, then the second LayerNorm's "
+        "scale and the neuron's bias."
     ),
     mistakes={
         "you left out the direct path (W_pos[n] read by W_in without any head)": _predict_no_direct,

@@ -73,7 +73,10 @@ register_check(
     "layernorm.ln_scale",
     reference=LN.ln_scale,
     cases=_cases_ln_scale,
-    hint="centre over d_model, take the mean of the squares (divide by d_model, not d_model - 1), add eps, then one over the square root: one value per vector.",
+    hint=(
+        'Centre each vector, take the mean of the squares (divide by d_model, not d_model - 1), add eps, and '
+        'return the multiplier (the inverse of the square root): one value per vector.'
+    ),
     mistakes={
         "the divisor sqrt(var + eps) (TransformerLens's hook_scale) instead of the multiplier, its inverse": _scale_divisor,
         "the residual stream is not centred before squaring (an RMS, not a LayerNorm)": _scale_no_centring,
@@ -131,7 +134,11 @@ register_check(
     "layernorm.fold_layernorm",
     reference=LN.fold_layernorm,
     cases=_cases_fold,
-    hint="LN(x) @ W = ((x - mean)/s * w) @ W + b @ W: scale the rows of W by w, add b @ W to the bias, and centre the new W over its input axis (axis 0).",
+    hint=(
+        "Write LN(x) @ W out with the LayerNorm's weight and bias: the weight scales the rows of W, the bias "
+        'goes through the original W into the new bias, and the centring of x can be moved into the new W by '
+        'centring it over its input axis.'
+    ),
     mistakes={
         "the folded matrix is not centred over its input axis": _fold_not_centred,
         "the LayerNorm bias is not folded into the bias (b @ W is missing)": _fold_no_bias,
@@ -174,7 +181,10 @@ register_check(
     "layernorm.linearisation_error",
     reference=LN.linearisation_error,
     cases=_cases_linearisation,
-    hint="drop position 0 (BOS), take s_bar = the mean over batch and positions for each LayerNorm, then the mean of |s / s_bar - 1|.",
+    hint=(
+        "Leave out position 0 (BOS). For each LayerNorm, compare each scale with that LayerNorm's mean scale "
+        '(over batch and positions) as a relative deviation, and average its size.'
+    ),
     mistakes={
         "position 0 (BOS) is included": _lin_with_bos,
         "the absolute value is missing (signed errors cancel)": _lin_signed,
@@ -227,7 +237,10 @@ register_check(
     "layernorm.fitted_growth_factor",
     reference=LN.fitted_growth_factor,
     cases=_cases_growth,
-    hint="fit a straight line to log(norm) against the layer index by least squares; the factor per layer is exp(slope).",
+    hint=(
+        'Exponential growth is a straight line on a log scale: fit a line to the logarithm of the norms '
+        'against the layer index by least squares; the factor per layer undoes the logarithm of the slope.'
+    ),
     mistakes={
         "a straight line is fitted to the norms themselves, not to their logarithm": _growth_linear,
         "only the first and last norms are used": _growth_endpoints,
@@ -274,7 +287,11 @@ register_check(
     "layernorm.patching_effect",
     reference=LN.patching_effect,
     cases=_cases_effect,
-    hint="denoise starts from the corrupted run: (v - corrupt) / (clean - corrupt); noise starts from the clean run: (clean - v) / (clean - corrupt).",
+    hint=(
+        'Both directions share the same denominator, the gap between the clean and corrupted values; the '
+        'numerator is measured from where the patched run starts: the corrupted run when denoising, the clean '
+        'run when noising.'
+    ),
     mistakes={
         "the denoising formula is used for noising too (an unimportant site then scores 1)": _effect_same_formula,
         "the effect is not divided by clean - corrupt": _effect_unnormalised,
@@ -329,7 +346,11 @@ register_check(
     "layernorm.attention_shift",
     reference=LN.attention_shift,
     cases=_cases_shift,
-    hint="run the original and one copy per candidate (the token at `position` replaced) in one batch, take the head's pattern [dest, src], and the max over every dest and src of |new - original|.",
+    hint=(
+        'Run the original sequence and one copy per candidate (the token at `position` replaced) together, '
+        "take the given head's pattern, and report the largest absolute change anywhere in it: later "
+        'destinations move too.'
+    ),
     mistakes={
         "only the row of the replaced position (as a destination) is compared: later destinations move too": _shift_row_only,
         "the mean change is returned instead of the largest": _shift_mean,
@@ -399,7 +420,10 @@ register_check(
     "layernorm.max_logit_difference",
     reference=LN.max_logit_difference,
     cases=_cases_logits,
-    hint="run both models on the same tokens (BOS included), take the Hugging Face output's .logits, and return the largest |difference| over every prompt, position and token.",
+    hint=(
+        'Run both models on the same tokens (BOS included); the Hugging Face model returns an output object '
+        'that holds its logits. Return the largest absolute difference over every prompt, position and token.'
+    ),
     mistakes={
         "only the last position is compared": _logits_last_only,
         "the mean difference is returned instead of the largest": _logits_mean,

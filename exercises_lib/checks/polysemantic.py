@@ -58,9 +58,9 @@ register_check(
     cases=_depth_cases,
     hint=(
         "Walk through the tokens keeping a flag 'still in the leading whitespace of a line'. A "
-        "whitespace-only token containing a newline starts a line (depth = spaces after its last "
-        "newline); a whitespace-only token while the flag is set adds its spaces; any other token "
-        "clears the flag and gets -1."
+        'whitespace-only token containing a newline starts a line (depth = spaces after its last newline); a '
+        'whitespace-only token while the flag is set adds its spaces; any other token clears the flag and '
+        'gets -1.'
     ),
     mistakes={
         "only tokens containing a newline count (GPT-2 writes indentation one space per token)": _depths_only_newline_tokens,
@@ -108,7 +108,11 @@ register_check(
     "polysemantic.induction_mask",
     reference=P.induction_mask,
     cases=_mask_cases,
-    hint="mask[d, s] is True when tokens[s - 1] == tokens[d] and 1 <= s < d: the source is the token AFTER an earlier copy.",
+    hint=(
+        "An induction head attends to the token AFTER an earlier copy of the current token: the source's "
+        "previous token equals the destination's token. Only sources strictly before the destination, and "
+        'never BOS.'
+    ),
     mistakes={
         "off by one: the earlier copies themselves are marked, not the tokens after them": _mask_copies,
         "sources at or after the destination are marked (keep s < d)": _mask_not_causal,
@@ -162,9 +166,9 @@ register_check(
     reference=P.behaviour_masses,
     cases=_masses_cases,
     hint=(
-        "Build [dest, src] masks (previous: s == d - 1 >= 1; induction: induction_mask without BOS "
-        "and without d - 1; deeper indentation: depths[d] >= 0, s < d, depths[s] > depths[d], not "
-        "BOS / previous / induction) and sum pattern * mask over the source dimension."
+        'Build one [destination, source] mask per kind of source: BOS, the previous token, induction sources '
+        '(not BOS, not the previous token), and deeper-indented earlier sources (none of the others). Each '
+        'source counts in the first kind it belongs to; sum the pattern under each mask over the sources.'
     ),
     mistakes={
         "the previous token is counted again as an induction source (a source counts once)": _masses_double_count,
@@ -218,9 +222,9 @@ register_check(
     reference=P.classify_behaviour,
     cases=_classify_cases,
     hint=(
-        "First 'inactive' when masses[..., 0] >= bos_threshold; else the largest of columns 1-3 "
-        "(previous, induction, bigger-indentation) if it is >= min_mass; else 'unknown'. Return "
-        "lists shaped like masses.shape[:-1] (a plain string for a single row)."
+        "Check for 'inactive' first (BOS mass at or above its threshold); otherwise the behaviour with the "
+        "largest mass wins if that mass reaches min_mass, else the label is 'unknown'. Keep one label per row "
+        "in the input's layout (a plain string for a single row)."
     ),
     mistakes={
         "the behaviours are tested before BOS (inactive must win when BOS >= bos_threshold)": _classify_behaviour_first,
@@ -270,7 +274,11 @@ register_check(
     "polysemantic.behaviour_table",
     reference=P.behaviour_table,
     cases=_table_cases,
-    hint="Row g: among positions whose destination token is groups[g] (all positions for None), the fraction with each label, columns in BEHAVIOURS order; an empty group is a row of zeros.",
+    hint=(
+        'For each group, look only at the positions whose destination token belongs to it (every position for '
+        'None) and give the fraction of each label among them, columns in BEHAVIOURS order; an empty group is '
+        'a row of zeros.'
+    ),
     mistakes={
         "counts instead of fractions": _table_counts,
         "each behaviour (column) normalised instead of each group (row)": _table_by_column,
@@ -310,7 +318,10 @@ register_check(
     "polysemantic.prompt_and_answer",
     reference=P.prompt_and_answer,
     cases=_prompt_cases,
-    hint="tokens = model.to_tokens(text)[0] for each text (BOS first); prompt = tokens[:-1], answer = tokens[-1]; stack the rows.",
+    hint=(
+        'Tokenize each text with BOS first; the last token is the answer and everything before it is the '
+        'prompt. Stack the prompts into one tensor.'
+    ),
     mistakes={
         "the prompt still ends with the answer": _prompt_keeps_answer,
         "no BOS token at the start (model.to_tokens prepends it)": _prompt_no_bos,
@@ -391,9 +402,9 @@ register_check(
     reference=_hook_reference,
     cases=_hook_cases,
     hint=(
-        "For each batch element b, set the whole row pattern[b, head, dest_positions[b], :] to "
-        "zero and then its BOS entry (source 0) to 1; leave other heads and rows alone, and "
-        "return the pattern. torch.as_tensor(dest_positions).expand(batch) handles an int."
+        "For each batch element, the head's row of its destination position should attend only to BOS: clear "
+        'that row and put all its weight on source 0. Other heads and rows stay as they are; the destination '
+        'may be one number for the whole batch or one per element.'
     ),
     mistakes={
         "the ablation hits the source column instead of the destination row": _hook_source_column,
@@ -460,9 +471,9 @@ register_check(
     reference=P.clean_vs_ablated,
     cases=_table_model_cases,
     hint=(
-        "Use logits_at(model, tokens, -1, fwd_hooks) for the last position, once without hooks and "
-        "once with [(f'blocks.{layer}.attn.hook_pattern', partial(bos_ablation_hook, head=head, "
-        "dest_positions=seq - 1))]; accuracy = mean(argmax == answer), probability = softmax at the answer."
+        'Read the prediction at the last position twice: once on the plain model, once with the BOS-ablation '
+        "hook on the head's pattern at that position (attached for that run only). Accuracy compares the top "
+        "prediction with the answer; probability is the softmax's value at the answer."
     ),
     mistakes={
         "the prediction is read one position too early": _cva_wrong_position,
@@ -510,9 +521,9 @@ register_check(
     reference=P.ablation_sweep,
     cases=_sweep_cases,
     hint=(
-        "Repeat each prompt seq times (tokens.repeat_interleave(seq, 0)); copy (i, j) is ablated at "
-        "position j, so pass dest_positions = torch.arange(seq).repeat(n) to the hook. Read the "
-        "answer's probability at the last position; drop = p_clean - p_ablated, averaged over prompts."
+        'One copy of each prompt per position, each copy ablated at its own position, so the whole sweep is a '
+        'few batched forward passes; the hook must then take one destination per row. The drop is the clean '
+        'probability of the answer minus the ablated one, averaged over prompts.'
     ),
     mistakes={
         "the sign is flipped (ablated minus clean)": _sweep_sign,

@@ -516,6 +516,8 @@ class Worker:
             return {"status": "error", "message": f"The grader could not run this check: {state['bad']}.",
                     "check_passed": None, "calls": calls}
         message = str(result.message)
+        if not result.passed and result.attempted:
+            message += f" Hint: {chk.hint}"  # the instructor's report has the hint a learner asks for
         status = "passed" if result.passed else "failed"
         if state["raised"] is not None:
             # The check describes the replay's exception; put the learner's own description in its place.
