@@ -466,8 +466,9 @@ class Worker:
                     + (f" (signal {signal.Signals(sig).name})" if sig else "")}
         import torch
 
+        buffer = io.BytesIO(data)
         try:
-            out = torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
+            out = torch.load(buffer, weights_only=True, map_location="cpu")
         except Exception as err:  # noqa: BLE001
             return {"error": f"your function's outputs could not be read ({type(err).__name__})"}
         return out if isinstance(out, dict) else {"error": "your function's outputs could not be read"}
