@@ -370,7 +370,7 @@ def punctuation_grouped_model(gpt2_standin):
     ids = [model.to_single_token(s) for s in (".", ",", " and")]
     saved = model.W_E[ids].clone()
     with torch.no_grad():
-        model.W_E[ids[1:]] = model.W_E[ids[0]]
+        model.W_E[ids[1:]] = model.W_E[ids[0]].clone()
     yield model
     with torch.no_grad():
         model.W_E[ids] = saved
