@@ -53,16 +53,33 @@ __all__ = [
     "uniform_copy_weights",
     "predict_neuron_pre",
     "copy_to_self_ratio",
+    "group_attention_ratio",
+    "head_positional_line",
+    "mean_cosine",
+    "no_copy_level",
     "mean_attention_distance",
     "long_range_heads",
     "single_copy_sequences",
     "neuron_pre_vs_copy_distance",
     "duplicate_neuron_explorer",
+    "weights_basis",
 ]
 
 #: The layer the chapter studies.
 LAYER = 0
 BOS = 50256
+
+
+def weights_basis(model, *parts: tuple[str, str]) -> str:
+    """What a number stands on: ``parts`` are ``(label, weight key)`` pairs (keys of ``model.weight_sources``,
+    e.g. ``("layer-0 attention", "blocks.0.attn.W_Q")``), grouped by where the weights come from:
+    ``"real: layer-0 attention, W_pos; planted: token embeddings"``."""
+    sources = getattr(model, "weight_sources", None) or {}
+    default = sources.get("*", {"source": "stand-in" if getattr(model, "is_standin", True) else "real"})
+    by_source: dict[str, list[str]] = {}
+    for label, key in parts:
+        by_source.setdefault(sources.get(key, default)["source"], []).append(label)
+    return "; ".join(f"{source}: {', '.join(labels)}" for source, labels in by_source.items())
 
 
 # ---------------------------------------------------------------------------
@@ -380,6 +397,57 @@ def copy_to_self_ratio(
     return out
 
 
+def group_attention_ratio(
+    pattern: Float[Tensor, "dest src"], tokens: Int[Tensor, "pos"], group: Sequence[int], min_dest: int = 100
+) -> dict:
+    """Does one head treat the tokens of ``group`` as one token? Attention per source token, from
+    destinations n >= ``min_dest`` whose token is in the group, on:
+
+    * ``copy``: earlier copies of the destination's own token;
+    * ``group``: earlier tokens of the group that are *other* members than the destination's token;
+    * ``rest``: every other earlier token.
+
+    ``ratio = group / copy``: near 1 when the head cannot tell the members apart, near ``rest / copy``
+    when it treats them as different tokens. NaN entries where a kind of source never occurs.
+    """
+    pos = tokens.shape[-1]
+    earlier = torch.ones(pos, pos, dtype=torch.bool, device=tokens.device).tril(-1)
+    same = (tokens[:, None] == tokens[None, :]) & earlier
+    member = torch.isin(tokens, torch.as_tensor(list(group), device=tokens.device))
+    other = member[:, None] & member[None, :] & earlier & ~same
+    rest = earlier & ~same & ~other
+    dest = member & (torch.arange(pos, device=tokens.device) >= min_dest)
+
+    def per_source(mask):
+        m = mask & dest[:, None]
+        return float((pattern * m).sum() / m.sum()) if m.any() else float("nan")
+
+    out = {"copy": per_source(same), "group": per_source(other), "rest": per_source(rest),
+           "destinations": int(dest.sum())}
+    out["ratio"] = out["group"] / out["copy"] if out["copy"] > 0 else float("nan")
+    return out
+
+
+def mean_cosine(a: Float[Tensor, "m d"], b: Float[Tensor, "n d"]) -> float:
+    """Mean of the cosine similarity cos(a_j, b_k) over all pairs (signed: the write-up's "cosine similarity
+    of ~0.05 on average")."""
+    a = a / a.norm(dim=-1, keepdim=True)
+    b = b / b.norm(dim=-1, keepdim=True)
+    return float((a.mean(0) @ b.mean(0)))
+
+
+def head_positional_line(model, head: int, n_pos: int = 1000, start: int = 20) -> dict:
+    """The main direction of a layer-0 head's positional output P[i] V_h O_h (positions < ``n_pos``, centred
+    over positions): its share of the variance, and a line fitted to the output's size along that direction
+    for ``start <= i < n_pos`` (slope, zero crossing, R^2). Weights only: W_pos and the head's OV circuit."""
+    block = model.blocks[LAYER]
+    out = model.W_pos[:n_pos] @ block.attn.W_V[head] @ block.attn.W_O[head]  # [pos, d_model]
+    _, S, Vh = torch.linalg.svd(out - out.mean(0), full_matrices=False)
+    share = float(S[0] ** 2 / (S**2).sum())
+    fit = line_fit(out[start:] @ Vh[0], torch.arange(start, n_pos))
+    return dict(share=share, **fit)
+
+
 def mean_attention_distance(pattern: Float[Tensor, "batch head dest src"], min_dest: int = 200) -> Float[Tensor, "head"]:
     """Mean over destinations n >= min_dest of sum_i pattern[n, i] * (n - i): how far back each head looks."""
     pos = pattern.shape[-1]
@@ -429,6 +497,18 @@ def neuron_pre_vs_copy_distance(
         cache = run_layer0(model, seqs)
         out.append(cache[f"blocks.{LAYER}.mlp.hook_pre"][:, position, neuron].mean())
     return torch.stack(out).cpu()
+
+
+def no_copy_level(
+    model, neuron: int, start: int = 200, length: int = 1000, n_samples: int = 4, seed: int = 1, hook: str = "pre"
+) -> float:
+    """Mean pre-activation of ``neuron`` at positions >= ``start`` of random-token sequences without repeats
+    (BOS first, ``length`` tokens): the level of a token seen once, its token terms averaged out. This is the
+    write-up's "combined positional term" (positional contributions of all components, for non-duplicate
+    tokens) plus the neuron's constant terms. Runs the model (layer 0 only)."""
+    seqs = single_copy_sequences(model, length - 1, None, n_samples=n_samples, seed=seed)
+    cache = run_layer0(model, seqs)
+    return float(cache[f"blocks.{LAYER}.mlp.hook_{hook}"][:, start:, neuron].mean())
 
 
 # ---------------------------------------------------------------------------

@@ -216,3 +216,52 @@ def test_explorer_renders_once(gpt2_standin):
     fig = box.figure(1168, 600)
     assert len(fig.data[0].y) == gpt2_standin.cfg.n_ctx and len(fig.data[1].y) == 599
     assert "stand-in" in fig.layout.title.text
+
+
+def test_group_attention_ratio_on_hand_made_patterns():
+    """Three group tokens (7, 8, 9) among others: a pattern that spreads evenly over every earlier group
+    token gives a ratio near 1; one that attends only to exact copies gives ratio 0."""
+    tokens = torch.tensor([1, 7, 2, 8, 3, 9, 4, 7, 5, 8, 6, 9])
+    pos = len(tokens)
+    member = torch.isin(tokens, torch.tensor([7, 8, 9]))
+    even = torch.zeros(pos, pos)
+    copies = torch.zeros(pos, pos)
+    for n in range(pos):
+        earlier_group = [i for i in range(n) if member[i]]
+        if member[n] and earlier_group:
+            even[n, earlier_group] = 1 / len(earlier_group)
+        same = [i for i in range(n) if tokens[i] == tokens[n]]
+        if member[n] and same:
+            copies[n, same] = 1 / len(same)
+    r_even = dt.group_attention_ratio(even, tokens, [7, 8, 9], min_dest=6)
+    r_copies = dt.group_attention_ratio(copies, tokens, [7, 8, 9], min_dest=6)
+    # Pooled over the destinations 7, 9, 11 (3, 4 and 5 earlier group tokens, one of them a copy each).
+    pooled = ((2 / 3 + 3 / 4 + 4 / 5) / 9) / ((1 / 3 + 1 / 4 + 1 / 5) / 3)
+    assert r_even["destinations"] == 3 and abs(r_even["ratio"] - pooled) < 1e-6 and r_even["rest"] == 0
+    assert r_copies["ratio"] == 0 and r_copies["copy"] > 0
+
+
+def test_mean_cosine_is_signed():
+    a = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    assert abs(dt.mean_cosine(a, a) - 0.5) < 1e-6  # (1 + 0 + 0 + 1) / 4
+    assert abs(dt.mean_cosine(a, -a) + 0.5) < 1e-6  # signed: not the mean |cos|
+
+
+def test_weights_basis_names_each_source(gpt2_standin):
+    text = dt.weights_basis(gpt2_standin, ("attention", "blocks.0.attn.W_Q"), ("embeddings", "W_E"), ("W_pos", "W_pos"))
+    assert text == "real: attention, W_pos; planted: embeddings"
+
+    class Real:
+        is_standin = False
+        weight_sources = {"*": {"source": "real", "plants": []}}
+
+    assert dt.weights_basis(Real(), ("embeddings", "W_E")) == "real: embeddings"
+
+
+def test_no_copy_level_reads_the_pre_activation(gpt2_standin):
+    """The level is the mean of hook_pre past ``start`` over random tokens seen once (recomputed by hand)."""
+    level = dt.no_copy_level(gpt2_standin, 1168, start=50, length=120, n_samples=2, seed=3)
+    seqs = dt.single_copy_sequences(gpt2_standin, 119, None, n_samples=2, seed=3)
+    pre = dt.run_layer0(gpt2_standin, seqs)["blocks.0.mlp.hook_pre"][:, 50:, 1168]
+    assert abs(level - float(pre.mean())) < 1e-6
+    assert (seqs[:, 1:, None] == seqs[:, None, 1:]).sum() == 2 * 119  # no repeats: only the diagonal

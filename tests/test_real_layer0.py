@@ -305,6 +305,11 @@ def _ln_approx_sum_of_norms(model, tokens):
     return model.cfg.d_model**0.5 / (e + p)
 
 
+def _pattern_transposed(orig):
+    """The attention pattern read source-by-destination (``pattern[h, src, dest]``)."""
+    return lambda model, pattern, *a: orig(model, pattern.transpose(-1, -2), *a)
+
+
 MUTATIONS_CH1 = {
     "claim 1.1, the token counted as its own copy": (
         "test_claim1_three_duplicate_token_heads", "duplicate_token_score", lambda orig: _score_with_self),
@@ -317,9 +322,20 @@ MUTATIONS_CH1 = {
     "claim 1.4, the line read off the wrong duplicate head": (
         "test_claim4_uniform_head_positional_output_is_a_line", "copy_to_self_ratio",
         lambda orig: lambda pattern, tokens, *a, **k: -orig(pattern, tokens, *a, **k)),
+    "claim 1.4, the norm map laid out column by column": (
+        "test_claim4_pvo_norm_map_singles_out_neuron_1168", "pvo_norm_grid",
+        lambda orig: lambda pvo, shape=(48, 64): pvo.norm(dim=0).reshape(shape[::-1]).T),
     "claim 1.5, distances measured from the start": (
         "test_claim5_long_range_heads", "mean_attention_distance",
         lambda orig: lambda pattern, min_dest=200: (pattern * torch.arange(pattern.shape[-1], device=pattern.device)).sum(-1)[..., min_dest:].mean(dim=(0, 2))),
+    "claim 1.5, the attention pattern read source by destination": (
+        "test_claim5_neuron_1168_reads_far_copies", "positional_contributions_to_neuron", _pattern_transposed),
+    "claim 1.5, the level read after the GELU": (
+        "test_claim5_combined_positional_term", "no_copy_level",
+        lambda orig: lambda model, neuron, **k: orig(model, neuron, **{**k, "hook": "post"})),
+    "claim 1.5, the token counted as its own copy when finding the nearest copy": (
+        "test_claim5_neuron_1168_prefers_occasional_over_constant_repeats", "earlier_copy_mask",
+        lambda orig: lambda tokens: orig(tokens) | torch.eye(tokens.shape[-1], dtype=torch.bool, device=tokens.device)),
     "claim 1.6, the attention's output bias left out": (
         "test_claim6_weights_only_prediction_tracks_the_neuron", "predict_neuron_pre",
         lambda orig: lambda model, tokens, neuron, *a: orig(model, tokens, neuron, *a)
@@ -327,14 +343,55 @@ MUTATIONS_CH1 = {
 }
 
 
+def test_every_chapter1_claims_test_has_a_mutation():
+    mod = _claims_module("test_ch01_duplicate_tokens")
+    claims = {name for name in dir(mod) if name.startswith("test_claim")}
+    mutated = {test for test, _, _ in MUTATIONS_CH1.values()} | {"test_claim1_head5_groups_punctuation"}
+    assert claims <= mutated, sorted(claims - mutated)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("mutation", list(MUTATIONS_CH1))
 def test_chapter1_claims_fail_when_the_analysis_is_broken(mutation, ch1, gpt2_standin, monkeypatch):
     test_name, function, make = MUTATIONS_CH1[mutation]
+    test = getattr(ch1, test_name)
+    marked = test.__dict__.get("pytestmark", [])
+    source = "real-layer0" if any(m.name == "real_layer0" for m in marked) else "standin"
     monkeypatch.setattr(dt, function, make(getattr(dt, function)))
-    source = "standin" if test_name.startswith("test_claim6") else "real-layer0"
     with pytest.raises(AssertionError):
-        _run(getattr(ch1, test_name), gpt2_standin, source)
+        _run(test, gpt2_standin, source)
+
+
+@pytest.fixture
+def punctuation_grouped_model(gpt2_standin):
+    """The stand-in with ',' and ' and' given the embedding of '.': any head then treats the three as one
+    token (the grouping is not planted in the stand-in, and GPT-2's embeddings are not at hand)."""
+    model = gpt2_standin
+    ids = [model.to_single_token(s) for s in (".", ",", " and")]
+    saved = model.W_E[ids].clone()
+    with torch.no_grad():
+        model.W_E[ids[1:]] = model.W_E[ids[0]].clone()
+    yield model
+    with torch.no_grad():
+        model.W_E[ids] = saved
+
+
+@pytest.mark.slow
+def test_claim_1_1_grouping_fails_when_the_analysis_is_broken(ch1, punctuation_grouped_model, gpt2_standin, monkeypatch):
+    """The grouping assertion of claim 1.1 passes where the three tokens are one group, fails on the stand-in
+    (no grouping planted), and fails on the grouped model when the pattern is read source by destination."""
+    ch1.assert_punctuation_grouped(punctuation_grouped_model)
+    orig = dt.group_attention_ratio
+    monkeypatch.setattr(dt, "group_attention_ratio", lambda pattern, *a, **k: orig(pattern.T, *a, **k))
+    ch1._genesis.cache_clear()
+    with pytest.raises(AssertionError):
+        ch1.assert_punctuation_grouped(punctuation_grouped_model)
+
+
+@pytest.mark.slow
+def test_claim_1_1_grouping_is_not_shown_by_the_stand_in(ch1, gpt2_standin):
+    with pytest.raises(AssertionError):
+        ch1.assert_punctuation_grouped(gpt2_standin)
 
 
 def _old_copy_score(model, period=25, n_repeats=4, n_sequences=4, seed=0):
