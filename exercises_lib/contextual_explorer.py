@@ -8,10 +8,10 @@ For the chosen neuron ``k`` the figure shows
 * its actual pre-activation along a two-part text (a forward pass of layer 0) next to the prediction from
   the weights (:func:`exercises_lib.contextual.predict_preactivation`).
 
-Everything that does not depend on the neuron is computed once per text and kept: the tokens, layer 0's
-pre-activations of *all* neurons (one forward pass), and the prediction's residual-stream vectors
-:func:`prediction_vectors`, which make the prediction of any neuron one matrix-vector product. A change of
-neuron then costs two matrix-vector products and a figure.
+Everything that does not depend on the neuron is computed once per text, when the explorer is built, and
+kept: the tokens, layer 0's pre-activations of *all* neurons (one forward pass), and the prediction's
+residual-stream vectors :func:`prediction_vectors`, which make the prediction of any neuron one
+matrix-vector product. A change of neuron or text then costs two matrix-vector products and a figure.
 
 Taught in: chapter 2 (contextual attention heads and contextual neurons).
 """
@@ -171,14 +171,19 @@ def neuron_explorer(
     """Widget: choose an MLP-0 neuron (any index; ``neurons`` are offered first) and a two-part text; see the
     neuron's top and bottom token contributions and its predicted vs actual pre-activation along the text.
 
-    Returns the ipywidgets box, drawn once before it is returned (so it renders statically too). The box
+    Every text is run through layer 0 once, here (a few seconds each, with a progress bar). Returns the
+    ipywidgets box, drawn once before it is returned (so it renders statically too). The box
     has ``box.update(neuron, pair)`` (what a change of either control runs; ``neuron`` may be a string) and
     ``box.explorer`` (the :class:`NeuronExplorer`, whose ``last_figure`` is the figure shown).
     """
     import ipywidgets as widgets
     from IPython.display import display
 
+    from tqdm.auto import tqdm
+
     explorer = NeuronExplorer(model, ext, approx, dict(pairs or DEFAULT_PAIRS), k)
+    for pair in tqdm(list(explorer.pairs), desc="layer 0 on the explorer's texts", leave=False):
+        explorer.text(pair)  # every text computed now, so that no change waits for a forward pass
     d_mlp = model.cfg.d_mlp
     neuron_box = widgets.Combobox(options=[str(int(n)) for n in neurons], value=str(int(neurons[0])),
                                   description="neuron", ensure_option=False)
