@@ -76,6 +76,7 @@ __all__ = [
     "cosine_per_position",
     "contribution_components",
     "layer0_cache",
+    "layer_patterns",
     "layer0_weights",
     "tokens_of",
     "plot_positional_grid",
@@ -176,6 +177,15 @@ def layer0_cache(model, tokens: Tensor, names: Sequence[str] | None = None):
         warnings.filterwarnings("ignore", message="run_with_cache: skipped")
         _, cache = model.run_with_cache(tokens, names_filter=names_filter, stop_at_layer=LAYER + 1)
     return cache
+
+
+def layer_patterns(model, tokens: Int[Tensor, "pos"], layer: int) -> Float[Tensor, "head dest src"]:
+    """Attention patterns of every head of ``layer`` on one sequence (the model run up to that layer only)."""
+    name = f"blocks.{layer}.attn.hook_pattern"
+    with torch.no_grad():
+        _, cache = model.run_with_cache(tokens[None].to(model.cfg.device), names_filter=lambda n: n == name,
+                                        stop_at_layer=layer + 1)
+    return cache[name][0]
 
 
 def tokens_of(model, text: str, max_len: int = 1024) -> Int[Tensor, "pos"]:

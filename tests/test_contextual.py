@@ -274,3 +274,53 @@ print(json.dumps({"s": time.monotonic() - start,
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["gb"] < 0.6, result  # the whole matrix alone would be 0.62 GB
     assert result["s"] < 90, result  # about 8 s on 2 idle cores; generous for a shared CI machine
+
+
+# ---------------------------------------------------------------------------
+# The neuron explorer
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def explorer_inputs(gpt2_standin):
+    model = gpt2_standin
+    ctrl = cx.tokens_of(model, load_text("fiction"), 300)
+    approx = cx.fit_layer0_approximation(model, ctrl, [0, 2, 6, 8, 9])
+    ext = cx.extended_embeddings(model, [0, 2, 6, 8, 9], approx.Z_median[[0, 2, 6, 8, 9]])
+    return model, approx, ext
+
+
+def test_prediction_vectors_give_predict_preactivation(explorer_inputs):
+    """The explorer's one-matrix-product prediction is the chapter's prediction, for any neuron."""
+    from exercises_lib.contextual_explorer import prediction_vectors
+
+    model, approx, _ = explorer_inputs
+    toks = cx.tokens_of(model, load_text("cooking"), 300)
+    r = prediction_vectors(model, toks, approx)
+    W_in, b_in = cx.layer0_weights(model)["W_in"], cx.layer0_weights(model)["b_in"]
+    for neuron in (5, 1710, 3000):
+        expected = cx.predict_preactivation(model, toks, neuron, approx)
+        torch.testing.assert_close(approx.ln2_scale * (r @ W_in[:, neuron]) + b_in[neuron], expected, atol=1e-3, rtol=1e-4)
+
+
+def test_neuron_explorer_update_shows_the_chosen_neuron(explorer_inputs):
+    from exercises_lib.contextual_explorer import neuron_explorer
+
+    model, approx, ext = explorer_inputs
+    box = neuron_explorer(model, ext, approx, [1710, 300])
+    fig = box.explorer.last_figure
+    assert "neuron 1710" in fig.layout.title.text and model.display_name in fig.layout.title.text
+    box.update("704", "American | British")
+    fig = box.explorer.last_figure
+    assert "neuron 704" in fig.layout.title.text
+    contrib = cx.token_contributions(ext, cx.layer0_weights(model)["W_in"][:, 704], approx.ln2_scale)
+    bars = fig.data[0]
+    torch.testing.assert_close(torch.tensor(bars.x[:10]), contrib.topk(10).values, atol=1e-5, rtol=1e-5)
+    toks = box.explorer.text("American | British").tokens
+    actual = cx.actual_preactivation(model, toks, 704)
+    torch.testing.assert_close(torch.tensor(fig.data[1].y, dtype=torch.float32), actual, atol=2e-3, rtol=0)
+    # Bad input: a message, the last figure kept.
+    box.update("abc", "American | British")
+    assert box.explorer.last_figure is fig
+    with pytest.raises(ValueError, match="neuron must be"):
+        box.explorer.figure(5000, "American | British")

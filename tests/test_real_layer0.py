@@ -443,15 +443,49 @@ MUTATIONS_CH2 = {
     "claim 2.7, no bag of tokens in the prediction": (
         "test_claim_2_7_prediction_follows_the_topic", "bag_of_tokens_prediction",
         lambda orig: lambda T, tokens, pi, Z: torch.zeros(tokens.shape[-1], device=T.device)),
+    "claim 2.7, every Z set to 1 in the bag": (
+        "test_claim_2_7_prediction_follows_the_topic", "bag_of_tokens_prediction",
+        lambda orig: lambda T, tokens, pi, Z: orig(T, tokens, pi, torch.ones_like(Z))),
+    "claim 2.7, every normaliser Z set to 1": (
+        "test_claim_2_7_prediction_follows_the_topic", "normalisation_factors",
+        lambda orig: lambda model, tokens, dest_token, neutral=(): torch.ones_like(orig(model, tokens, dest_token, neutral))),
+    "claim 2.2, the content factor left out (c = 1)": (
+        "test_claim_2_2_content_factor_is_a_per_token_weight", "content_weights",
+        lambda orig: lambda *a, **k: torch.ones_like(orig(*a, **k))),
+    "claim 2.5, the bag of extended embeddings left out": (
+        "test_claim_2_5_bag_of_tokens", "bag_of_tokens_output",
+        lambda orig: lambda model, tokens, heads, approx, ext: orig(model, tokens, heads, approx, torch.zeros_like(ext))),
+    "claim 2.1 (real model), scores not divided by sqrt(d_head)": (
+        "test_claim_2_1_positional_pattern_barely_depends_on_the_destination", "positional_pattern",
+        lambda orig: lambda model, t, n: _pi_variant(model, t, n, sqrt=False)),
+    "claim 2.8 (real model), the two texts' rows compared one position apart": (
+        "test_claim_2_8_appendix", "layer_patterns",
+        lambda orig: lambda model, tokens, layer: orig(model, tokens, layer).roll(1, dims=-2)),
 }
+
+#: Chapter-2 claims tests that only the real model decides (skipped on the stand-in): their mutations
+#: run on the real model, where its weights can be loaded.
+REAL_ONLY_CH2 = {"test_claim_2_1_positional_pattern_barely_depends_on_the_destination", "test_claim_2_8_appendix"}
+
+
+def test_every_chapter2_claims_test_has_a_mutation(ch2):
+    tests = {name for name in dir(ch2) if name.startswith("test_claim")}
+    assert tests == {test for test, _, _ in MUTATIONS_CH2.values()}
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("mutation", list(MUTATIONS_CH2))
 def test_chapter2_claims_fail_when_the_analysis_is_broken(mutation, ch2, gpt2_standin, monkeypatch):
     test_name, function, make = MUTATIONS_CH2[mutation]
-    monkeypatch.setattr(cx, function, make(getattr(cx, function)))
     marked = getattr(ch2, test_name).__dict__.get("pytestmark", [])
     source = "real-layer0" if any(m.name == "real_layer0" for m in marked) else "standin"
+    model = gpt2_standin
+    if test_name in REAL_ONLY_CH2:
+        from exercises_lib.models import load_model, real_weights_available
+
+        if not real_weights_available("gpt2-small"):
+            pytest.skip("the claim is decided by the real GPT-2 small only, whose weights cannot be loaded here")
+        source, model = "real", load_model("gpt2-small", source="real", device="cpu", quiet=True)
+    monkeypatch.setattr(cx, function, make(getattr(cx, function)))
     with pytest.raises(AssertionError):
-        _run(getattr(ch2, test_name), gpt2_standin, source)
+        _run(getattr(ch2, test_name), model, source)
