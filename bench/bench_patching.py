@@ -9,8 +9,9 @@ left-correct dual-word prompts, in ONE process, this script runs
   or, where it has none, the natural TransformerLens hook loop (one
   ``run_with_hooks`` per site); the peer's time includes the ``run_with_cache``
   calls its API needs;
-* the course: the call the chapter makes (``patching.patch_sweep``,
-  ``patching.path_patch``);
+* the course: the call the chapter makes (``patching.patch_sweep``; for path
+  patching ``patching.path_patch_sweep``, which batches ``path_patch`` over
+  receivers);
 
 interleaved (peer and course of one sweep back to back, their order
 alternating between rounds) and repeated ``--rounds`` times, with the
@@ -228,7 +229,7 @@ def build_sweeps(model, ps, metric, chosen):
         return torch.stack(values)
 
     def course_path():
-        return torch.stack([P.path_patch(model, clean, corrupt, (s_layer, s_head), r, metric) for r in receivers])
+        return P.path_patch_sweep(model, clean, corrupt, (s_layer, s_head), receivers, metric, **kw)
 
     p0 = first_diff(cc[z6][:, :, s_head], kc[z6][:, :, s_head])
     stage = {"ln1": "pre", "ln2": "mlp"}
