@@ -108,7 +108,7 @@ def first_diff(a: torch.Tensor, b: torch.Tensor, pos_axis: int = 1) -> int | Non
 # ---------------------------------------------------------------------------
 
 
-def build_sweeps(model, ps, metric, chosen):
+def build_sweeps(model, ps, metric, chosen, stride: int = 1):
     import pandas as pd
     import transformer_lens.patching as tlp
 
@@ -125,87 +125,89 @@ def build_sweeps(model, ps, metric, chosen):
         wanted = set(names)
         return model.run_with_cache(tokens, names_filter=lambda n: n in wanted)[1]
 
+    def peer_of(activation_name, setter, index, src_cache):
+        """TransformerLens's generic_activation_patch over every ``stride``-th row of ``index``."""
+        sub = index.iloc[::stride].reset_index(drop=True)
+
+        def run():
+            t0 = time.perf_counter()
+            cache = src_cache()
+            sync(model.cfg.device)
+            run.cache_s = time.perf_counter() - t0
+            return tlp.generic_activation_patch(model, corrupt, cache, metric, patch_setter=setter,
+                                                activation_name=activation_name, index_df=sub)
+
+        return run, list(range(0, len(index), stride)), len(index) / len(sub)
+
+    def grid(*axes):
+        names, ranges = zip(*axes)
+        import itertools
+        return pd.DataFrame(list(itertools.product(*ranges)), columns=list(names))
+
     # resid_pre: layer x position, denoising (clean into the corrupted run).
     pre = P.resid_hook_names(model, "resid_pre")
-
-    def peer_pre():
-        return tlp.get_act_patch_resid_pre(model, corrupt, cache_of(clean, pre), metric)
-
     limit = sum(site_flops(cfg, l, "pre", p if not torch.equal(cc[pre[l]][:, p], kc[pre[l]][:, p]) else None, S)
                 for l in range(L) for p in range(S))
+    peer = peer_of("resid_pre", tlp.layer_pos_patch_setter, grid(("layer", range(L)), ("pos", range(S))),
+                   lambda: cache_of(clean, pre))
     out["resid_pre"] = dict(
-        what=f"resid_pre, {L} layers x {S} positions", peer_name="get_act_patch_resid_pre", peer=peer_pre,
-        course=lambda: P.patch_sweep(model, clean, corrupt, pre, metric, **kw), to_course=lambda t: t, limit=limit)
+        what=f"resid_pre, {L} layers x {S} positions",
+        peer_name="get_act_patch_resid_pre (= generic_activation_patch, layer_pos_patch_setter)", peer=peer,
+        course=lambda: P.patch_sweep(model, clean, corrupt, pre, metric, **kw), limit=limit)
     out["resid_pre_default"] = dict(
-        what="resid_pre, patch_sweep's defaults (logits at every position)", peer_name="(as above)", peer=None,
-        course=lambda: P.patch_sweep(model, clean, corrupt, pre, metric, progress=False), to_course=lambda t: t,
-        limit=limit)
+        what="resid_pre, patch_sweep's defaults (logits at every position)", peer_name="(the row above)", peer=None,
+        course=lambda: P.patch_sweep(model, clean, corrupt, pre, metric, progress=False), limit=limit)
 
     # resid_mid: TransformerLens's get_act_patch_resid_mid writes the bridge's hook_resid_mid, an alias
     # of ln2.hook_in (the MLP's input only); the residual stream itself is patched through hook_attn_out.
     mid = P.resid_hook_names(model, "resid_mid")
     attn_out = P.resid_hook_names(model, "attn_out")
 
-    def peer_mid():
+    def mid_cache():
         src = cache_of(clean, mid)
         tgt = cache_of(corrupt, pre)
-        fake = {attn_out[l]: src[mid[l]] - tgt[pre[l]] for l in range(L)}
-        return tlp.get_act_patch_attn_out(model, corrupt, fake, metric)
+        return {attn_out[l]: src[mid[l]] - tgt[pre[l]] for l in range(L)}
 
     limit = sum(site_flops(cfg, l, "mlp", p if not torch.equal(cc[mid[l]][:, p], kc[mid[l]][:, p]) else None, S)
                 for l in range(L) for p in range(S))
     out["resid_mid"] = dict(
         what=f"resid_mid, {L} layers x {S} positions",
-        peer_name="get_act_patch_attn_out (attn_out := clean resid_mid - resid_pre)", peer=peer_mid,
-        course=lambda: P.patch_sweep(model, clean, corrupt, mid, metric, **kw), to_course=lambda t: t, limit=limit)
+        peer_name="get_act_patch_attn_out with attn_out := clean resid_mid - resid_pre",
+        peer=peer_of("attn_out", tlp.layer_pos_patch_setter, grid(("layer", range(L)), ("pos", range(S))), mid_cache),
+        course=lambda: P.patch_sweep(model, clean, corrupt, mid, metric, **kw), limit=limit)
 
     # Each head's output (z), all positions at once.
     zs = [f"blocks.{l}.attn.hook_z" for l in range(L)]
-
-    def peer_heads():
-        return tlp.get_act_patch_attn_head_out_all_pos(model, corrupt, cache_of(clean, zs), metric)
-
     limit = sum(site_flops(cfg, l, "o", first_diff(cc[zs[l]][:, :, h], kc[zs[l]][:, :, h]), S)
                 for l in range(L) for h in range(H))
     out["head_out"] = dict(
         what=f"head outputs (z), {L} layers x {H} heads, all positions",
-        peer_name="get_act_patch_attn_head_out_all_pos", peer=peer_heads,
-        course=lambda: P.patch_sweep(model, clean, corrupt, zs, metric, heads=True, **kw),
-        to_course=lambda t: t, limit=limit)
+        peer_name="get_act_patch_attn_head_out_all_pos (= generic_activation_patch, layer_head_vector_patch_setter)",
+        peer=peer_of("z", tlp.layer_head_vector_patch_setter, grid(("layer", range(L)), ("head", range(H))),
+                     lambda: cache_of(clean, zs)),
+        course=lambda: P.patch_sweep(model, clean, corrupt, zs, metric, heads=True, **kw), limit=limit)
 
     # Each MLP's output, all positions at once (TransformerLens has it by position only).
     mlps = P.resid_hook_names(model, "mlp_out")
-
-    def peer_mlp():
-        return tlp.generic_activation_patch(model, corrupt, cache_of(clean, mlps), metric,
-                                            patch_setter=lambda act, index, clean_act: clean_act.clone(),
-                                            activation_name="mlp_out", index_axis_names=["layer"])
-
     limit = sum(site_flops(cfg, l, "post", first_diff(cc[mlps[l]], kc[mlps[l]]), S) for l in range(L))
     out["mlp_out"] = dict(
         what=f"MLP outputs, {L} layers, all positions",
-        peer_name="generic_activation_patch(mlp_out, index: layer)", peer=peer_mlp,
-        course=lambda: P.patch_sweep(model, clean, corrupt, mlps, metric, positions="all", **kw),
-        to_course=lambda t: t, limit=limit)
+        peer_name="generic_activation_patch(mlp_out, the whole activation, index: layer)",
+        peer=peer_of("mlp_out", lambda act, index, clean_act: clean_act.clone(), grid(("layer", range(L))),
+                     lambda: cache_of(clean, mlps)),
+        course=lambda: P.patch_sweep(model, clean, corrupt, mlps, metric, positions="all", **kw), limit=limit)
 
     # Head by position: every head at the dual word and at the last token.
     positions = [dual, last]
-    index_df = pd.DataFrame([(l, p, h) for l in range(L) for h in range(H) for p in positions],
-                            columns=["layer", "pos", "head"])
-
-    def peer_head_pos():
-        return tlp.generic_activation_patch(model, corrupt, cache_of(clean, zs), metric,
-                                            patch_setter=tlp.layer_pos_head_vector_patch_setter,
-                                            activation_name="z", index_df=index_df)
-
     limit = sum(site_flops(cfg, l, "o", p if not torch.equal(cc[zs[l]][:, p, h], kc[zs[l]][:, p, h]) else None, S)
                 for l in range(L) for h in range(H) for p in positions)
+    index = grid(("layer", range(L)), ("head", range(H)), ("pos", positions))[["layer", "pos", "head"]]
     out["head_by_pos"] = dict(
         what=f"head outputs (z) by position, {L} x {H} heads x {len(positions)} positions (dual word, last)",
-        peer_name="generic_activation_patch(z, layer_pos_head_vector_patch_setter, index_df)",
-        peer=peer_head_pos,
+        peer_name="get_act_patch_attn_head_out_by_pos (= generic_activation_patch, layer_pos_head_vector_patch_setter)",
+        peer=peer_of("z", tlp.layer_pos_head_vector_patch_setter, index, lambda: cache_of(clean, zs)),
         course=lambda: P.patch_sweep(model, clean, corrupt, zs, metric, heads=True, positions=positions, **kw),
-        to_course=lambda t: t.reshape(L, H, len(positions)), limit=limit)
+        limit=limit)
 
     # Path patching: head 6.1 (chapter 4's hypothesis C sender), noising, into each later component
     # input on its own, every position.
@@ -215,21 +217,22 @@ def build_sweeps(model, ps, metric, chosen):
         receivers += [f"blocks.{later}.ln1.hook_in", f"blocks.{later}.ln2.hook_in"]
     receivers.append("ln_final.hook_in")
     z6 = zs[s_layer]
+    timed_receivers = list(range(0, len(receivers), stride))
 
     def peer_path():
+        t0 = time.perf_counter()
         src, tgt = cache_of(corrupt, [z6]), cache_of(clean, [z6])
+        sync(model.cfg.device)
+        peer_path.cache_s = time.perf_counter() - t0
         delta = (src[z6][:, :, s_head] - tgt[z6][:, :, s_head]) @ model.W_O[s_layer, s_head]
 
         def add(act, hook):
             return act + delta
 
         values = []
-        for r in receivers:
-            values.append(torch.as_tensor(metric(model.run_with_hooks(clean, fwd_hooks=[(r, add)]))).float())
+        for k in timed_receivers:
+            values.append(torch.as_tensor(metric(model.run_with_hooks(clean, fwd_hooks=[(receivers[k], add)]))).float())
         return torch.stack(values)
-
-    def course_path():
-        return P.path_patch_sweep(model, clean, corrupt, (s_layer, s_head), receivers, metric, **kw)
 
     p0 = first_diff(cc[z6][:, :, s_head], kc[z6][:, :, s_head])
     stage = {"ln1": "pre", "ln2": "mlp"}
@@ -237,8 +240,10 @@ def build_sweeps(model, ps, metric, chosen):
                            p0, S) for r in receivers)
     out["path"] = dict(
         what=f"path patching: head {s_layer}.{s_head} into each of {len(receivers)} later inputs (noising)",
-        peer_name="run_with_hooks loop, delta added at the receiver", peer=peer_path, course=course_path,
-        to_course=lambda t: t, limit=limit)
+        peer_name="run_with_hooks loop, delta added at the receiver",
+        peer=(peer_path, timed_receivers, len(receivers) / len(timed_receivers)),
+        course=lambda: P.path_patch_sweep(model, clean, corrupt, (s_layer, s_head), receivers, metric, **kw),
+        limit=limit)
 
     for v in out.values():
         v["limit"] = len(ps) * v["limit"] + len(ps) * reference_flops(cfg, S)
@@ -256,6 +261,8 @@ def main() -> None:
     cli.add_argument("--rounds", type=int, default=3)
     cli.add_argument("--sweeps", default="all", help=f"comma-separated subset of {','.join(SWEEPS)}")
     cli.add_argument("--no-memory", action="store_true", help="skip the (untimed) memory runs")
+    cli.add_argument("--peer-stride", type=int, default=1,
+                     help="time the peer on every k-th site only and scale its time (for a busy machine)")
     args = cli.parse_args()
     torch.set_grad_enabled(False)
     chosen = SWEEPS if args.sweeps == "all" else tuple(s.strip() for s in args.sweeps.split(","))
@@ -274,7 +281,10 @@ def main() -> None:
           f"transformer_lens {version('transformer-lens')}; load average at start {' '.join(load)}")
     print(f"prompts: {len(ps)} left-correct dual-word prompts x {ps.seq_len} tokens (dual word at {ps.dual_pos}); "
           f"metric: mean logit difference; {args.rounds} rounds")
-    sweeps = build_sweeps(model, ps, metric, chosen)
+    sweeps = build_sweeps(model, ps, metric, chosen, args.peer_stride)
+    if args.peer_stride > 1:
+        print(f"peer timed on every {args.peer_stride}th site of each sweep (each site is one full forward pass), "
+              "its time scaled to the whole sweep; numbers compared on those sites")
     P.patch_sweep(model, ps.clean_tokens, ps.corrupt_tokens, ["blocks.0.hook_resid_pre"], metric,
                   positions=[ps.dual_pos], progress=False)  # warm-up (the fast path's one-off check)
 
@@ -287,7 +297,10 @@ def main() -> None:
             for who in order:
                 if sw[who] is None:
                     continue
-                res, t = timed(sw[who], args.device)
+                fn, scale = (sw[who][0], sw[who][2]) if who == "peer" else (sw[who], 1.0)
+                res, t = timed(fn, args.device)
+                if who == "peer":  # the caches once, the sites scaled to the whole sweep
+                    t = fn.cache_s + (t - fn.cache_s) * scale
                 times[name][who].append(t)
                 results[(name, who)] = res
         print(f"round {r + 1}/{args.rounds} done ({time.perf_counter() - t_start:.0f} s since start)", flush=True)
@@ -296,34 +309,29 @@ def main() -> None:
         times["resid_pre_default"]["peer"] = times["resid_pre"]["peer"]
         results[("resid_pre_default", "peer")] = results[("resid_pre", "peer")]
 
-    memory = {}
-    if not args.no_memory:
-        for name, sw in sweeps.items():
-            for who in ("peer", "course"):
-                if sw[who] is not None:
-                    memory[(name, who)], how = peak_extra_bytes(sw[who], args.device)
-        memory["how"] = how
-
     print()
     head = (f"{'sweep':<18} {'peer s':>8} {'course s':>9} {'ratio':>6} {'worst':>6} {'limit GF':>9} "
-            f"{'limit s':>8} {'/limit':>7} {'peer MB':>8} {'course MB':>9} {'max|diff|':>9}")
+            f"{'limit s':>8} {'/limit':>7} {'max|diff|':>9}")
     print(head)
     worst_all, rows = [], []
     for name, sw in sweeps.items():
         tt = times[name]
         peer, course = results.get((name, "peer")), results[(name, "course")]
-        diff = float((sw["to_course"](peer.to(course.device).float()) - course).abs().max()) if peer is not None else float("nan")
+        if peer is not None:
+            picked = course.reshape(-1)[torch.as_tensor(sweeps[name if sw["peer"] else "resid_pre"]["peer"][1])]
+            diff = float((peer.to(course.device).float().reshape(-1) - picked).abs().max())
+        else:
+            diff = float("nan")
         scale = float(course.abs().max())
         assert diff <= 1e-3 * max(1.0, scale), f"{name}: peer and course disagree by {diff}"
         ratios = [p / c for p, c in zip(tt["peer"], tt["course"])] if tt["peer"] else [float("nan")]
         limit_s = [sw["limit"] / rate for rate in tt["rate"]]
         to_limit = [c / l for c, l in zip(tt["course"], limit_s)]
         worst_all.append(min(ratios))
-        mb = lambda k: memory.get((name, k), float("nan")) / 2**20
         print(f"{name:<18} {statistics.median(tt['peer']) if tt['peer'] else float('nan'):8.2f} "
               f"{statistics.median(tt['course']):9.2f} {statistics.median(ratios):5.1f}x {min(ratios):5.1f}x "
               f"{sw['limit'] / 1e9:9.1f} {statistics.median(limit_s):8.3f} {statistics.median(to_limit):6.1f}x "
-              f"{mb('peer'):8.1f} {mb('course'):9.1f} {diff:9.1e}")
+              f"{diff:9.1e}", flush=True)
         rows.append(name)
     print()
     for name, sw in sweeps.items():
@@ -333,8 +341,18 @@ def main() -> None:
           f"range {min(rates) / 1e9:.1f}-{max(rates) / 1e9:.1f} over the {len(rates)} timings")
     print("ratio: peer time / course time, median over rounds (worst: the smallest round); "
           "/limit: course time / (FLOP limit at the same round's matmul rate)")
-    if memory:
-        print(f"MB: peak extra memory (2^20 bytes) of one untimed run, measured as: {memory['how']}")
+    print("MB: peak extra memory (2^20 bytes) of one untimed run of each method, after the table (peer: the timed "
+          "subset of sites)", flush=True)
+    memory = {}
+    if not args.no_memory:
+        print(f"\n{'sweep':<18} {'peer MB':>8} {'course MB':>9}")
+        for name, sw in sweeps.items():
+            for who in ("peer", "course"):
+                if sw[who] is not None:
+                    memory[(name, who)], how = peak_extra_bytes(sw[who][0] if who == "peer" else sw[who], args.device)
+            print(f"{name:<18} {memory.get((name, 'peer'), float('nan')) / 2**20:8.1f} "
+                  f"{memory[(name, 'course')] / 2**20:9.1f}", flush=True)
+        print(f"memory measured as: {how}")
     try:
         load = open("/proc/loadavg").read().split()[:3]
     except OSError:
