@@ -28,10 +28,21 @@ forward passes: the target input is repeated once per site, and each batch row
 is patched at its own site. On top of that it
 
 * starts each site's rows at the layer it patches (the earlier layers are the
-  target run's, taken from its cache; a pass's batch grows as rows join), and
+  target run's, taken from its cache; a pass's batch grows as rows join),
 * skips sites where the source and target activations are identical (e.g.
   positions before the first token that differs), whose value is the
-  unpatched target metric.
+  unpatched target metric,
+* recomputes only the positions a patch can change: a patch whose value
+  first differs from the target run's at position ``p`` leaves every earlier
+  position as it was (attention is causal), so those rows run positions
+  ``p..`` only, attending to the target run's cached keys and values (the
+  hooks of ``patching_fast_path.INCREMENTAL_HOOKS`` on GPT-2-structured
+  models), and
+* unembeds one site's rows at a time, so a pass never holds every row's
+  full-vocabulary logits.
+
+:func:`path_patch_sweep` does the same for path patching over many receiver
+sets.
 
 :func:`patch_loop` is the reference: one ordinary forward pass per site, with
 the same signature and the same numbers (tested), and far slower. The fast
@@ -72,7 +83,16 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from exercises_lib.patching_fast_path import fast_path_agrees, forward_staggered
+from exercises_lib.patching_fast_path import (
+    INCREMENTAL_HOOKS,
+    Gpt2Weights,
+    IncPatch,
+    fast_path_agrees,
+    forward_incremental,
+    forward_staggered,
+    incremental_agrees,
+    unembed,
+)
 
 __all__ = [
     "normalise",
@@ -80,6 +100,7 @@ __all__ = [
     "patch_loop",
     "patch_together",
     "path_patch",
+    "path_patch_sweep",
     "resid_hook_names",
     "head_output",
     "hook_layer",
@@ -412,14 +433,18 @@ def patch_sweep(
     final_name = f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"
     if any(s == model.cfg.n_layers for s in starts):
         resid_names.append(final_name)
-    target_logits, target_acts = _cache(model, target, sorted(set(names) | set(resid_names)))
+    incremental = bool(starts) and all(INCREMENTAL_HOOKS.match(h) for h in hook_names) and Gpt2Weights.usable(model)
+    kv_names = []
+    if incremental:
+        for layer in range(starts[0], model.cfg.n_layers):
+            kv_names += [f"blocks.{layer}.attn.hook_k", f"blocks.{layer}.attn.hook_v"]
+    target_logits, target_acts = _cache(model, target, sorted(set(names) | set(resid_names) | set(kv_names)))
     _, source_acts = _cache(model, source_tokens, names, logits_needed=False)
     resid = {s: target_acts[f"blocks.{s}.hook_resid_pre"] for s in starts if s < model.cfg.n_layers}
     if model.cfg.n_layers in starts:
         resid[model.cfg.n_layers] = target_acts[final_name]
 
     unpatched = _metric_tensor(metric(target_logits[:, -1:] if last_position_only else target_logits))
-    fast = bool(resid) and fast_path_agrees(model, target, resid, target_logits)
     sites, site_shape = _sites(hook_names, positions, heads, seq, _n_heads_of(source_acts))
     results: list[Tensor | None] = [None] * len(sites)
     todo = []
@@ -428,15 +453,29 @@ def patch_sweep(
             results[i] = unpatched
         else:
             todo.append(i)
-    # Earliest layer first, so each pass starts as late as it can.
-    todo.sort(key=lambda i: hook_layer(model, sites[i].hook))
-    if batch_size is None:
-        budget = 4096 if last_position_only else 2048
-        batch_size = max(n_prompts, budget // seq)
-    sites_per_pass = max(1, batch_size // n_prompts)
-    chunks = [todo[k : k + sites_per_pass] for k in range(0, len(todo), sites_per_pass)]
+    if incremental:
+        weights = Gpt2Weights(model)
+        keys = {l: target_acts[f"blocks.{l}.attn.hook_k"] for l in range(starts[0], model.cfg.n_layers)}
+        values = {l: target_acts[f"blocks.{l}.attn.hook_v"] for l in range(starts[0], model.cfg.n_layers)}
+        incremental = incremental_agrees(model, weights, target, starts[0], resid[starts[0]], keys, values, target_logits)
+    if incremental:
+        first = {i: _first_change(sites[i], source_acts, target_acts) for i in todo}
+        # Passes of one starting position each, earliest layer first within a pass.
+        todo.sort(key=lambda i: (first[i], hook_layer(model, sites[i].hook)))
+        groups = [[i for i in todo if first[i] == p] for p in sorted(set(first.values()))]
+    else:
+        todo.sort(key=lambda i: hook_layer(model, sites[i].hook))
+        groups = [todo] if todo else []
+        fast = bool(resid) and fast_path_agrees(model, target, resid, target_logits)
+    budget = 4096 if last_position_only else 2048  # tokens per pass
+    chunks = []
+    for group in groups:
+        width = seq - first[group[0]] if incremental else seq
+        per_pass = max(1, (batch_size or max(n_prompts, budget // width)) // n_prompts)
+        chunks += [group[k : k + per_pass] for k in range(0, len(group), per_pass)]
     bar = _progress(chunks, progress and len(chunks) > 1, "patching")
     prompt_ids = torch.arange(n_prompts)
+    unembed_hooked = any(h.startswith("unembed") for h in hook_names)
     for chunk in bar:
         entries = []
         for j, i in enumerate(chunk):
@@ -444,17 +483,51 @@ def patch_sweep(
             entries.append((sites[i], rows, prompt_ids))
         ops = _group_ops(entries, target.device)
         rows_prompt = prompt_ids.repeat(len(chunk)).to(target.device)
-        hooks = _fwd_hooks(ops, source_acts)
         row_starts = [hook_layer(model, sites[i].hook) for i in chunk for _ in range(n_prompts)]
-        if fast and row_starts[0] >= 0:
+        if incremental:
+            p0 = first[chunk[0]]
+            patches = [_inc_patch(op, source_acts) for op in ops]
+            x = forward_incremental(weights, row_starts, p0, resid, keys, values, rows_prompt, patches,
+                                    last_position_only)
+
+            def logits_of(j):
+                part = unembed(weights, x[j * n_prompts : (j + 1) * n_prompts])
+                return part if last_position_only else torch.cat([target_logits[:, :p0].to(part.dtype), part], 1)
+        elif fast and row_starts[0] >= 0 and not unembed_hooked:
             # Each site's rows enter at its own layer (``todo`` is sorted by it).
-            logits = forward_staggered(model, row_starts, resid, rows_prompt, hooks, last_position_only)
+            x = forward_staggered(model, row_starts, resid, rows_prompt, _fwd_hooks(ops, source_acts),
+                                  last_position_only, unembed=False)
+
+            def logits_of(j):
+                return model.unembed(x[j * n_prompts : (j + 1) * n_prompts])
         else:
-            logits = _forward_full(model, target[rows_prompt], hooks, last_position_only)
+            full = _forward_full(model, target[rows_prompt], _fwd_hooks(ops, source_acts), last_position_only)
+
+            def logits_of(j):
+                return full[j * n_prompts : (j + 1) * n_prompts]
+        # One site's logits at a time: the pass never holds every row's full-vocabulary logits.
         for j, i in enumerate(chunk):
-            results[i] = _metric_tensor(metric(logits[j * n_prompts : (j + 1) * n_prompts]))
+            results[i] = _metric_tensor(metric(logits_of(j)))
     out = torch.stack([r.to(unpatched.device) for r in results])
     return out.reshape(*site_shape, *unpatched.shape)
+
+
+def _first_change(site: _Site, source: dict[str, Tensor], target: dict[str, Tensor]) -> int:
+    """The first position where the site's source and target values differ for any prompt
+    (the last position when they are equal everywhere: the patch then changes nothing)."""
+    if site.pos is not None:
+        return site.pos
+    src, tgt = _canonical(source[site.hook], site.hook), _canonical(target[site.hook], site.hook)
+    if site.head is not None:
+        src, tgt = src[:, :, site.head], tgt[:, :, site.head]
+    differ = (src != tgt).transpose(0, 1).reshape(src.shape[1], -1).any(-1).nonzero()
+    return int(differ[0]) if len(differ) else src.shape[1] - 1
+
+
+def _inc_patch(op: _Op, source: dict[str, Tensor]) -> IncPatch:
+    m = INCREMENTAL_HOOKS.match(op.hook)
+    return IncPatch(int(m.group(1)), m.group(2), op.rows, op.prompts, op.pos, op.head,
+                    _canonical(source[op.hook], op.hook))
 
 
 def _identical(site: _Site, source: dict[str, Tensor], target: dict[str, Tensor]) -> bool:
@@ -624,3 +697,117 @@ def path_patch(
 
     logits = model.run_with_hooks(target, fwd_hooks=[(r, add) for r in receivers])
     return _metric_tensor(metric(logits))
+
+
+_RECEIVER = re.compile(r"^blocks\.(\d+)\.(ln[12])\.hook_in$")
+
+
+def _check_receivers(receivers: Sequence[str]) -> None:
+    for r in receivers:
+        if not (_RECEIVER.match(r) or r == "ln_final.hook_in"):
+            raise ValueError(
+                f"receiver {r!r} is not a component input: use 'blocks.{{l}}.ln1.hook_in', "
+                "'blocks.{l}.ln2.hook_in' or 'ln_final.hook_in'"
+            )
+
+
+@torch.no_grad()
+def path_patch_sweep(
+    model,
+    clean_tokens: Int[Tensor, "batch seq"],
+    corrupt_tokens: Int[Tensor, "batch seq"],
+    sender: str | tuple[int, int],
+    receiver_sets: Sequence[str | Sequence[str]],
+    metric: Metric,
+    *,
+    direction: Direction = "noise",
+    receiver_positions: Sequence[int] | None = None,
+    last_position_only: bool = False,
+    progress: bool = True,
+) -> Tensor:
+    """:func:`path_patch` for each receiver set, batched: ``[len(receiver_sets), *metric shape]``.
+
+    Each entry of ``receiver_sets`` is what :func:`path_patch` takes as
+    ``receivers`` (one hook name, or a list patched together); the numbers are
+    those of calling :func:`path_patch` once per entry (tested). The two runs
+    are cached once; every set's rows start at its earliest receiver's layer,
+    and only the positions from the first one where the sender's output
+    changes are recomputed (GPT-2-structured bridges; other models get one
+    :func:`path_patch` call per set). ``last_position_only`` as in
+    :func:`patch_sweep`.
+    """
+    sets = [[r] if isinstance(r, str) else list(r) for r in receiver_sets]
+    for receivers in sets:
+        _check_receivers(receivers)
+    target, source_tokens = _prepare(model, clean_tokens, corrupt_tokens, direction)
+    n_prompts, seq = target.shape
+    L = model.cfg.n_layers
+
+    def one_by_one():
+        values = []
+        for receivers in _progress(sets, progress and len(sets) > 1, "path patching"):
+            logits_metric = metric if not last_position_only else (lambda lg: metric(lg[:, -1:]))
+            values.append(path_patch(model, clean_tokens, corrupt_tokens, sender, receivers, logits_metric,
+                                     direction=direction, receiver_positions=receiver_positions))
+        return torch.stack(values)
+
+    if not sets or not Gpt2Weights.usable(model):
+        return one_by_one()
+    name = f"blocks.{sender[0]}.attn.hook_z" if isinstance(sender, tuple) else sender
+    starts = [min(L if r == "ln_final.hook_in" else int(_RECEIVER.match(r).group(1)) for r in rs) for rs in sets]
+    first_layer = min(starts)
+    names = {name, f"blocks.{L - 1}.hook_resid_post"}
+    names |= {f"blocks.{l}.hook_resid_pre" for l in set(starts) if l < L}
+    for l in range(min(first_layer, L - 1), L):
+        names |= {f"blocks.{l}.attn.hook_k", f"blocks.{l}.attn.hook_v"}
+    if first_layer < L:
+        names.add(f"blocks.{first_layer}.hook_resid_pre")
+    target_logits, tgt = _cache(model, target, sorted(names))
+    _, src = _cache(model, source_tokens, [name], logits_needed=False)
+    if isinstance(sender, tuple):
+        layer, head = sender
+        delta = (src[name][:, :, head] - tgt[name][:, :, head]) @ model.W_O[layer, head]
+    else:
+        delta = src[name] - tgt[name]
+    if receiver_positions is not None:
+        keep = torch.zeros(seq, dtype=torch.bool, device=delta.device)
+        keep[list(receiver_positions)] = True
+        delta = delta * keep[None, :, None]
+    unpatched = _metric_tensor(metric(target_logits[:, -1:] if last_position_only else target_logits))
+    changed = (delta != 0).any(-1).any(0).nonzero()
+    if len(changed) == 0:  # the sender's output is the same in both runs: nothing changes
+        return torch.stack([unpatched] * len(sets))
+    p0 = int(changed[0])
+    weights = Gpt2Weights(model)
+    kv_from = min(first_layer, L - 1)
+    keys = {l: tgt[f"blocks.{l}.attn.hook_k"] for l in range(kv_from, L)}
+    values = {l: tgt[f"blocks.{l}.attn.hook_v"] for l in range(kv_from, L)}
+    resid = {l: tgt[f"blocks.{l}.hook_resid_pre"] for l in set(starts) | {first_layer} if l < L}
+    resid[L] = tgt[f"blocks.{L - 1}.hook_resid_post"]
+    check_from = kv_from
+    check_resid = tgt.get(f"blocks.{check_from}.hook_resid_pre")
+    if check_resid is None or not incremental_agrees(model, weights, target, check_from, check_resid, keys, values,
+                                                     target_logits):
+        return one_by_one()
+    order = sorted(range(len(sets)), key=lambda j: starts[j])
+    per_pass = max(1, (4096 // max(1, seq - p0)) // n_prompts)
+    chunks = [order[k : k + per_pass] for k in range(0, len(order), per_pass)]
+    prompt_ids = torch.arange(n_prompts, device=target.device)
+    results: list[Tensor | None] = [None] * len(sets)
+    for chunk in _progress(chunks, progress and len(chunks) > 1, "path patching"):
+        patches = []
+        for k, j in enumerate(chunk):
+            rows = k * n_prompts + prompt_ids
+            for r in sets[j]:
+                m = _RECEIVER.match(r)
+                where = (L, "lnf_in") if m is None else (int(m.group(1)), f"{m.group(2)}_in")
+                patches.append(IncPatch(where[0], where[1], rows, prompt_ids, None, None, delta))
+        row_starts = [starts[j] for j in chunk for _ in range(n_prompts)]
+        rows_prompt = prompt_ids.repeat(len(chunk))
+        x = forward_incremental(weights, row_starts, p0, resid, keys, values, rows_prompt, patches, last_position_only)
+        for k, j in enumerate(chunk):
+            part = unembed(weights, x[k * n_prompts : (k + 1) * n_prompts])
+            if not last_position_only:
+                part = torch.cat([target_logits[:, :p0].to(part.dtype), part], 1)
+            results[j] = _metric_tensor(metric(part))
+    return torch.stack(results)
