@@ -148,27 +148,34 @@ def plant_duality_circuit(build: StandinBuild, where: dict) -> None:
     moved = build.layout.direction("duality.moved", n)
     read = build.layout.direction("duality.read", n)
     ours = torch.cat([u[None], moved, read])
-    # End of text: its embedding (and so its tied unembedding) is large in the real-layer-0 stand-in, so the
-    # quiet layers' random writes along it, and the real layer 0's output at later positions, would give it
-    # the top logit everywhere (GPT-2 does not predict end of text mid-sentence). Only planted parts write
-    # along it, and the late MLP's bias removes what layer 0 writes there on average (measured below).
+    # End of text and the stopwords: other plants give their embeddings (and so their tied unembeddings)
+    # large parts outside the token subspace, so the quiet layers' random writes along those parts, and the
+    # real layer 0's output at later positions, would give them the top logits everywhere (GPT-2 does not
+    # predict them all the time). Only planted parts write along them, and the late MLP's bias removes what
+    # layer 0 writes there on average (measured below).
+    from exercises_lib.vocab import STOPWORDS, single_token_ids
+
+    tok = build.layout._named["tok"]
+    E0 = build.read("embed.W_E")
     eot = build.token_ids(["<|endoftext|>"])[0]
-    e_eot = build.read("embed.W_E")[eot].clone()
-    e_eot = e_eot - e_eot.mean()
-    e_eot = e_eot - (ours @ e_eot) @ ours
-    e_eot = e_eot / e_eot.norm()
-    ours_and_eot = torch.cat([ours, e_eot[None]])
-    ours_and_eot, _ = torch.linalg.qr(ours_and_eot.T)
-    ours_and_eot = ours_and_eot.T
+    stop = single_token_ids(build.tokenizer, [" " + w for w in STOPWORDS])
+    extra = []
+    for rows in (E0[[eot]], E0[stop]):
+        v = rows - (rows @ tok.T) @ tok
+        v = v.mean(0)
+        v = v - v.mean() - (ours @ v) @ ours
+        if float(v.norm()) > 1e-3:
+            extra.append(v / v.norm())
+    protected = torch.linalg.qr(torch.cat([ours, *[e[None] for e in extra]]).T)[0].T
+    extra = protected[len(ours):]
     for layer in range(L):
         for key in (f"blocks.{layer}.attn.W_O", f"blocks.{layer}.mlp.W_out",
                     f"blocks.{layer}.attn.b_O", f"blocks.{layer}.mlp.b_out"):
             if key in build.weights and key not in build.real_keys:
                 W = build.weights[key]
-                W -= (W @ ours_and_eot.T) @ ours_and_eot
+                W -= (W @ protected.T) @ protected
 
     E = build.w("embed.W_E")  # W_U is the same storage (tied): both change
-    tok = build.layout._named["tok"]
     token_part = (E[ids] @ tok.T) @ tok  # each word's own embedding, without other plants' features
     E[ids] += DUAL_AMP * u
     readers = torch.linalg.pinv(token_part)  # [d_model, n]: E[word_i] . readers[:, j] = delta_ij
@@ -226,8 +233,8 @@ def plant_duality_circuit(build: StandinBuild, where: dict) -> None:
         out = layer0_forward(build.weights, tokens, build.cfg["n_heads"], mlp=True)
         gelu = torch.nn.functional.gelu(out["pre"], approximate="tanh")
         after = out["resid_mid"] + gelu @ build.read("blocks.0.mlp.W_out") + build.read("blocks.0.mlp.b_out")
-        along = float((after[:, 8:] @ e_eot).mean())
-        build.w(f"blocks.{int(where['late_mlp'])}.mlp.b_out").sub_(along * e_eot)
+        along = (after[:, 8:] @ extra.T).mean((0, 1))  # [n_extra]
+        build.w(f"blocks.{int(where['late_mlp'])}.mlp.b_out").sub_(along @ extra)
     # Mover head -> early MLP.
     layer, head = where["mover_head"]
     plant_head(layer, head, FEATURE_AMP * moved)
