@@ -104,6 +104,30 @@ def _late_scale(build: StandinBuild, layer: int, extra: float = 0.0) -> float:
     return math.sqrt(build.cfg["d_model"]) / math.sqrt(norm0**2 + (QUIET_NORM_PER_LAYER * layer) ** 2 + extra**2)
 
 
+def _word_inputs(build: StandinBuild, ids: torch.Tensor, positions: range = range(4, 12), batch: int = 4
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each word's residual stream after layer 0 (centred, as LayerNorm sees it), averaged over random
+    contexts and the positions where the chapter's prompts put the dual word; and its typical norm.
+    GPT-2's real layer 0 adds a large vector that depends on the token, so reading a word's identity from
+    its embedding alone would mix the words up."""
+    from exercises_lib.standin.layer0 import layer0_forward
+
+    g = torch.Generator().manual_seed(2468)
+    n, length = len(ids), positions.stop + 1
+    tokens = torch.randint(1000, 40000, (n, len(positions), batch, length), generator=g)
+    tokens[..., 0] = build.token_ids(["<|endoftext|>"])[0]
+    for k, pos in enumerate(positions):
+        tokens[:, k, :, pos] = ids[:, None]
+    flat = tokens.reshape(-1, length)
+    out = layer0_forward(build.weights, flat, build.cfg["n_heads"], mlp=True)
+    gelu = torch.nn.functional.gelu(out["pre"], approximate="tanh")
+    after = out["resid_mid"] + gelu @ build.read("blocks.0.mlp.W_out") + build.read("blocks.0.mlp.b_out")
+    after = after - after.mean(-1, keepdim=True)
+    after = after.reshape(n, len(positions), batch, length, -1)
+    at_word = torch.stack([after[:, k, :, pos] for k, pos in enumerate(positions)], 1)  # [n, positions, batch, d]
+    return at_word.mean((1, 2)), at_word.norm(dim=-1).mean((1, 2))
+
+
 def _check_placement(where: dict, n_layers: int, n_heads: int) -> list[tuple[int, int]]:
     heads = [tuple(where["mover_head"]), *map(tuple, where["reader_heads"]), tuple(where["writer_head"])]
     for layer, head in heads:
@@ -178,7 +202,7 @@ def plant_duality_circuit(build: StandinBuild, where: dict) -> None:
     E = build.w("embed.W_E")  # W_U is the same storage (tied): both change
     token_part = (E[ids] @ tok.T) @ tok  # each word's own embedding, without other plants' features
     E[ids] += DUAL_AMP * u
-    readers = torch.linalg.pinv(token_part)  # [d_model, n]: E[word_i] . readers[:, j] = delta_ij
+    words_in, words_norm = _word_inputs(build, ids)
     unit = token_part / token_part.norm(dim=-1, keepdim=True)
     tp_norm = token_part.norm(dim=-1)
 
@@ -192,11 +216,16 @@ def plant_duality_circuit(build: StandinBuild, where: dict) -> None:
         return out
 
     final_scale = _late_scale(build, L, extra=5.0)  # the final LayerNorm, planted outputs included
+    d_model = build.cfg["d_model"]
 
     def plant_head(layer: int, head: int, outputs: torch.Tensor) -> None:
         """Attend to the dual word; value = the word's one-hot (after LN); output row j = ``outputs[j]``."""
         p = f"blocks.{layer}.attn"
         scale = _late_scale(build, layer)
+        # What LayerNorm hands this layer at each word: the word's residual after layer 0, centred, grown by
+        # the quiet layers before this one (orthogonally); the value reads it through the pseudo-inverse.
+        grown = words_norm**2 + (QUIET_NORM_PER_LAYER * (layer - 1)) ** 2
+        readers = torch.linalg.pinv(words_in * (math.sqrt(d_model) / grown.sqrt())[:, None])  # [d_model, n]
         qk = build.layout.head_dims(layer, head, "qk", 1)
         for name in ("W_Q", "W_K"):
             build.w(f"{p}.{name}")[head][:, qk] = 0.0
@@ -205,7 +234,7 @@ def plant_duality_circuit(build: StandinBuild, where: dict) -> None:
         build.w(f"{p}.W_K")[head][:, qk.start] = u
         build.w(f"{p}.b_Q")[head][qk.start] = where["key_gap"] * math.sqrt(d_head) / (scale * DUAL_AMP)
         ov = build.layout.head_dims(layer, head, "ov", n)
-        build.w(f"{p}.W_V")[head][:, ov] = readers / scale
+        build.w(f"{p}.W_V")[head][:, ov] = readers
         build.w(f"{p}.b_V")[head][ov] = 0.0
         W_O = build.w(f"{p}.W_O")[head]
         W_O[ov, :] = outputs
@@ -223,7 +252,6 @@ def plant_duality_circuit(build: StandinBuild, where: dict) -> None:
             out = sum(share * unit[t] * logit / (final_scale * tp_norm[t]) for t, share in targets(words[j]))
             build.w(f"{p}.W_out")[neuron, :] = out / on
 
-    d_model = build.cfg["d_model"]
     if build.layer0 == "real":
         from exercises_lib.standin.layer0 import layer0_forward
 
