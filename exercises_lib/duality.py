@@ -22,10 +22,12 @@ Conventions
 * The logit difference at the final position is
   ``logit[correct] - logit[incorrect]``: positive when the model prefers the
   clean answer.
-* GPT-2 ties its unembedding to its embedding (``W_U = W_E.T``); the logit
-  difference direction is ``W_U[:, correct] - W_U[:, incorrect]``.
+* GPT-2 ties its unembedding to its embedding (``W_E.T``); after loading, the
+  final LayerNorm's weight ``w`` is folded in and the result centred, so
+  ``model.W_U`` is ``diag(w) W_E.T`` with each column's mean removed. The
+  logit difference direction is ``W_U[:, correct] - W_U[:, incorrect]``.
 * "With the final LayerNorm's scale" means: centre, then divide by the cached
-  ``ln_final.hook_scale`` of the final position, as
+  ``ln_final.hook_scale`` (the divisor) of the final position, as
   ``ActivationCache.apply_ln_to_stack(stack, layer=-1, pos_slice=-1)`` does.
   The result is linear in the residual stream, so the contributions of all
   components add up exactly to the final logit difference.
