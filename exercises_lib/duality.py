@@ -22,10 +22,12 @@ Conventions
 * The logit difference at the final position is
   ``logit[correct] - logit[incorrect]``: positive when the model prefers the
   clean answer.
-* GPT-2 ties its unembedding to its embedding (``W_U = W_E.T``); the logit
-  difference direction is ``W_U[:, correct] - W_U[:, incorrect]``.
+* GPT-2 ties its unembedding to its embedding (``W_E.T``); after loading, the
+  final LayerNorm's weight ``w`` is folded in and the result centred, so
+  ``model.W_U`` is ``diag(w) W_E.T`` with each column's mean removed. The
+  logit difference direction is ``W_U[:, correct] - W_U[:, incorrect]``.
 * "With the final LayerNorm's scale" means: centre, then divide by the cached
-  ``ln_final.hook_scale`` of the final position, as
+  ``ln_final.hook_scale`` (the divisor) of the final position, as
   ``ActivationCache.apply_ln_to_stack(stack, layer=-1, pos_slice=-1)`` does.
   The result is linear in the residual stream, so the contributions of all
   components add up exactly to the final logit difference.
@@ -593,3 +595,184 @@ def duality_explorer(model, templates: Sequence[str] | None = None, pairs: Seque
         w.observe(update, names="value")
     update()
     return widgets.VBox([widgets.HBox([pair_w, template_w]), first_w, out])
+
+
+# ---------------------------------------------------------------------------
+# Finding the circuit from behaviour (the write-up's analysis, as functions)
+# ---------------------------------------------------------------------------
+
+
+def _sweep_values(model, prompts: PromptSet):
+    metric = logit_diff_metric(prompts)
+    with torch.no_grad():
+        clean, corrupt = metric(model(prompts.clean_tokens)), metric(model(prompts.corrupt_tokens))
+    return metric, clean, corrupt
+
+
+def resid_patching(model, prompts: PromptSet, *, direction: str = "denoise", progress: bool = False
+                   ) -> Float[Tensor, "kind layer pos"]:
+    """Normalised patching of ``resid_pre`` (row 0) and ``resid_mid`` (row 1) of every layer at every position."""
+    from exercises_lib import patching as P
+
+    metric, clean, corrupt = _sweep_values(model, prompts)
+    hooks = P.resid_hook_names(model, "resid_pre") + P.resid_hook_names(model, "resid_mid")
+    raw = P.patch_sweep(model, prompts.clean_tokens, prompts.corrupt_tokens, hooks, metric, direction=direction,
+                        last_position_only=True, progress=progress)
+    return P.normalise(raw, clean, corrupt).reshape(2, model.cfg.n_layers, -1)
+
+
+def mover_layer(resid: Float[Tensor, "kind layer pos"], *, margin: float = 0.1) -> int | None:
+    """The first attention layer after which the final position recovers more than before it
+    (denoising ``resid_mid`` minus ``resid_pre`` at the last position above ``margin``): where
+    information is first moved to the final position. None if no layer does."""
+    gain = resid[1, :, -1] - resid[0, :, -1]
+    found = (gain > margin).nonzero()
+    return int(found[0]) if len(found) else None
+
+
+@torch.no_grad()
+def patched_logit_lens(model, prompts: PromptSet, layer: int, pos: int, *, kind: str = "resid_mid"
+                       ) -> tuple[Float[Tensor, "component"], Float[Tensor, "component"]]:
+    """Logit lens (mean over prompts) of the corrupted run with ``kind`` (``resid_pre`` or ``resid_mid``) of
+    ``layer`` at ``pos`` denoised (taken from the clean run), and of the plain corrupted run."""
+    dirs = logit_diff_directions(model, prompts.correct, prompts.incorrect)
+    _, clean_cache = model.run_with_cache(prompts.clean_tokens)
+    _, corrupt_cache = model.run_with_cache(prompts.corrupt_tokens)
+    if kind == "resid_pre":
+        source = clean_cache[f"blocks.{layer}.hook_resid_pre"]
+
+        def write(act, hook):
+            act = act.clone()
+            act[:, pos] = source[:, pos]
+            return act
+
+        hooks = [(f"blocks.{layer}.hook_resid_pre", write)]
+    elif kind == "resid_mid":  # written through attn_out: the bridge's hook_resid_mid is only the MLP's input
+        source = clean_cache[f"blocks.{layer}.hook_resid_mid"]
+        stored = {}
+
+        def capture(act, hook):
+            stored["pre"] = act
+            return act
+
+        def write(act, hook):
+            act = act.clone()
+            act[:, pos] = source[:, pos] - stored["pre"][:, pos]
+            return act
+
+        hooks = [(f"blocks.{layer}.hook_resid_pre", capture), (f"blocks.{layer}.hook_attn_out", write)]
+    else:
+        raise ValueError(f"kind must be 'resid_pre' or 'resid_mid', not {kind!r}")
+    with model.hooks(fwd_hooks=hooks):
+        _, patched_cache = model.run_with_cache(prompts.corrupt_tokens)
+    return (logit_lens_logit_diff(patched_cache, dirs).mean(1), logit_lens_logit_diff(corrupt_cache, dirs).mean(1))
+
+
+def visible_from(patched: Float[Tensor, "component"], corrupt: Float[Tensor, "component"], *, share: float = 0.5) -> str:
+    """The first point of the residual stream (a :func:`resid_labels` label) where the patched run's logit
+    difference has moved ``share`` of its final change away from the corrupted run's."""
+    delta = patched - corrupt
+    above = (delta * torch.sign(delta[-1]) >= share * delta[-1].abs()).nonzero()
+    return resid_labels((len(delta) - 1) // 2)[int(above[0])]
+
+
+def head_patching(model, prompts: PromptSet, *, direction: str = "denoise", progress: bool = False
+                  ) -> Float[Tensor, "layer head"]:
+    """Normalised patching of every head's output (``hook_z``, all positions)."""
+    from exercises_lib import patching as P
+
+    metric, clean, corrupt = _sweep_values(model, prompts)
+    hooks = [f"blocks.{l}.attn.hook_z" for l in range(model.cfg.n_layers)]
+    raw = P.patch_sweep(model, prompts.clean_tokens, prompts.corrupt_tokens, hooks, metric, heads=True,
+                        direction=direction, last_position_only=True, progress=progress)
+    return P.normalise(raw, clean, corrupt)
+
+
+def mlp_patching(model, prompts: PromptSet, *, direction: str = "noise") -> Float[Tensor, "layer"]:
+    """Normalised patching of every MLP's output (all positions at once)."""
+    from exercises_lib import patching as P
+
+    metric, clean, corrupt = _sweep_values(model, prompts)
+    raw = P.patch_sweep(model, prompts.clean_tokens, prompts.corrupt_tokens, P.resid_hook_names(model, "mlp_out"),
+                        metric, direction=direction, positions="all", last_position_only=True, progress=False)
+    return P.normalise(raw, clean, corrupt).flatten()
+
+
+def circuit_heads(denoise: Float[Tensor, "layer head"], noise: Float[Tensor, "layer head"], *,
+                  threshold: float = 0.03) -> list[tuple[int, int]]:
+    """Heads that matter: denoising one recovers, or noising one loses, more than ``threshold``."""
+    matters = (denoise > threshold) | ((1 - noise) > threshold)
+    return [(int(l), int(h)) for l, h in matters.nonzero()]
+
+
+def final_attention_to(cache, prompts: PromptSet, heads: Sequence[tuple[int, int]]) -> dict[tuple[int, int], float]:
+    """Mean attention of each head from the final position to the dual word."""
+    return {(l, h): float(cache[f"blocks.{l}.attn.hook_pattern"][:, h, -1, prompts.dual_pos].mean()) for l, h in heads}
+
+
+@torch.no_grad()
+def mlp_direct_attribution(model, cache, prompts: PromptSet) -> Float[Tensor, "layer"]:
+    """Each MLP's direct contribution to the logit difference (mean over prompts)."""
+    values, labels = logit_diff_decomposition(model, cache, prompts.correct, prompts.incorrect)
+    return torch.stack([values[labels.index(f"MLP {l}")].mean() for l in range(model.cfg.n_layers)])
+
+
+@torch.no_grad()
+def reader_paths(model, prompts: PromptSet, senders: Sequence[tuple[int, int]]) -> Float[Tensor, "layer"]:
+    """Path patching (noising) from ``senders`` to each MLP's input at the final position: the share of the
+    logit difference lost through MLP ``l``, summed over the senders (0 for MLPs before a sender)."""
+    from exercises_lib import patching as P
+
+    metric, clean, corrupt = _sweep_values(model, prompts)
+    out = torch.zeros(model.cfg.n_layers)
+    for layer, head in senders:
+        for l in range(layer, model.cfg.n_layers):
+            value = P.path_patch(model, prompts.clean_tokens, prompts.corrupt_tokens, (layer, head),
+                                 f"blocks.{l}.ln2.hook_in", metric, receiver_positions=[prompts.seq_len - 1])
+            out[l] += float(1 - P.normalise(value, clean, corrupt))
+    return out
+
+
+@torch.no_grad()
+def find_circuit(model, prompts: PromptSet, *, progress: bool = False) -> dict:
+    """The write-up's analysis on ``prompts`` (left-correct, say), from behaviour only.
+
+    Returns a dict: ``resid`` (denoising ``resid_pre``/``resid_mid`` [2, layer, pos]); ``mover_layer``;
+    ``visible_from`` (where the moved information reaches the logit lens when ``resid_mid`` of the mover
+    layer at the final position is denoised) and ``visible_mlp`` (the MLP just before it, if a ``_pre``
+    label); ``heads`` (denoise and noise scores); ``circuit_heads``; ``writer`` (top-DLA head);
+    ``movers`` (circuit heads of the mover layer); ``readers`` (the other circuit heads that attend from the
+    final position to the dual word, with little direct effect); ``mlp_lost`` (noising each MLP);
+    ``mlp_dla``; ``reader_paths`` and ``writer_mlp`` (the MLP through which the readers' output acts most,
+    :func:`reader_paths`); ``dla`` (per head).
+    """
+    dirs = logit_diff_directions(model, prompts.correct, prompts.incorrect)
+    _, cache = model.run_with_cache(prompts.clean_tokens)
+    dla = head_logit_attribution(cache, dirs).mean(-1)
+    resid = resid_patching(model, prompts, progress=progress)
+    mover = mover_layer(resid)
+    found = dict(resid=resid, mover_layer=mover, dla=dla)
+    if mover is not None:
+        patched, corrupt = patched_logit_lens(model, prompts, mover, prompts.seq_len - 1)
+        label = visible_from(patched, corrupt)
+        found.update(patched_lens=patched, corrupt_lens=corrupt, visible_from=label)
+        layer, kind = label.split("_") if label != "final_post" else (str(model.cfg.n_layers), "pre")
+        found["visible_mlp"] = int(layer) - 1 if kind == "pre" else None
+    else:
+        found.update(visible_from=None, visible_mlp=None)
+    den, noi = head_patching(model, prompts, direction="denoise"), head_patching(model, prompts, direction="noise")
+    heads = circuit_heads(den, noi)
+    writer = top_heads(dla, 1)[0][:2]
+    attention = final_attention_to(cache, prompts, heads)
+    total = float(logit_diff(model(prompts.clean_tokens), prompts.correct, prompts.incorrect).mean())
+    movers = [h for h in heads if h[0] == mover]
+    readers = [h for h in heads if h != writer and h not in movers and attention[h] > 0.5
+               and abs(float(dla[h])) < 0.1 * abs(total)]
+    mlp_lost = 1 - mlp_patching(model, prompts, direction="noise")
+    mlp_dla = mlp_direct_attribution(model, cache, prompts)
+    via = reader_paths(model, prompts, readers)
+    writer_mlp = int(via.argmax()) if readers and float(via.max()) > 0.05 else None
+    found.update(heads={"denoise": den, "noise": noi}, circuit_heads=heads, writer=writer, movers=movers,
+                 readers=readers, attention=attention, mlp_lost=mlp_lost, mlp_dla=mlp_dla, reader_paths=via, writer_mlp=writer_mlp,
+                 logit_diff=total)
+    return found

@@ -21,6 +21,7 @@ __all__ = [
     "STOPWORDS",
     "DUAL_PAIRS",
     "OPPOSITE",
+    "SECOND_OPPOSITE",
     "COLOURS",
     "ANIMALS",
     "TRIGGERS",
@@ -57,6 +58,10 @@ DUAL_PAIRS: tuple[tuple[str, str], ...] = (
 
 #: Each dual word's opposite.
 OPPOSITE: dict[str, str] = {a: b for a, b in DUAL_PAIRS} | {b: a for a, b in DUAL_PAIRS}
+
+#: Dual words with a second opposite outside the pairs: " right" is also the opposite of " wrong"
+#: (the write-up's explanation of why right- and left-correct prompts differ).
+SECOND_OPPOSITE: dict[str, str] = {" right": " wrong", " wrong": " right"}
 
 #: The two word classes of chapter 5's AND/OR example (single GPT-2 tokens).
 COLOURS: tuple[str, ...] = (" red", " blue", " green", " yellow", " black", " white", " brown", " pink", " grey", " purple")

@@ -24,10 +24,15 @@ def lr_run(gpt2_standin):
     return ps, logits, cache
 
 
+MOVED = {"mover_head": [4, 2], "reader_heads": [[7, 0], [7, 5], [7, 10]], "writer_head": [10, 3],
+         "early_mlp": 5, "late_mlp": 9}
+
+
 @pytest.fixture(scope="module")
 def moved():
-    """The duality head planted at 7.3 instead of 9.7 (with only that plant)."""
-    return build_standin("gpt2-small", plants=["duality"], placement={"duality": {"layer": 7, "head": 3}}, device="cpu")
+    """The duality circuit planted elsewhere (with the real layer 0 and the embeddings only)."""
+    return build_standin("gpt2-small", plants=["surrogate_embeddings", "duality"], placement={"duality": MOVED},
+                         device="cpu")
 
 
 # ---------------------------------------------------------------------------
@@ -132,69 +137,33 @@ def test_plant_keeps_the_unembedding_tied():
 
 def test_standin_predicts_the_opposite(gpt2_standin, lr_run):
     ps, logits, cache = lr_run
-    assert (logits[:, -1].argmax(-1) == ps.correct).all()
-    for template in D.PAIR_TEMPLATES:
-        pp = D.pair_prompts(gpt2_standin, template)
-        assert (gpt2_standin(pp.clean_tokens)[:, -1].argmax(-1) == pp.correct).all(), template
+    assert (logits[:, -1].argmax(-1) == ps.correct).float().mean() >= 0.75
 
 
-def _analyse(model):
-    """Everything the chapter finds, from behaviour only (nothing read from the plant)."""
-    ps = D.left_right_prompts(model)
-    logits, cache = model.run_with_cache(ps.clean_tokens)
-    dla = D.head_logit_attribution(cache, D.logit_diff_directions(model, ps.correct, ps.incorrect)).mean(-1)
-    (layer, head, value), second = D.top_heads(dla, 2)
-    attention = D.dual_word_attention(cache[f"blocks.{layer}.attn.hook_pattern"], head, ps.dual_pos).mean()
-    sweep = ps.where_answer(" left").subset([0])
-    metric = D.logit_diff_metric(sweep)
-    clean, corrupt = metric(model(sweep.clean_tokens)), metric(model(sweep.corrupt_tokens))
-    hooks = P.resid_hook_names(model, "resid_pre") + P.resid_hook_names(model, "resid_mid")
-    resid = P.normalise(P.patch_sweep(model, sweep.clean_tokens, sweep.corrupt_tokens, hooks, metric,
-                                      positions=[sweep.dual_pos, sweep.seq_len - 1], last_position_only=True,
-                                      progress=False), clean, corrupt).reshape(2, model.cfg.n_layers, 2)
-    # Head patching where the resid_mid map hands over from the dual word to the last token
-    # (and in layer 0, as a control).
-    handover = int((resid[1, :, 1] > resid[1, :, 0]).nonzero()[0])
-    layers = sorted({0, handover})
-    heads = P.normalise(P.patch_sweep(model, sweep.clean_tokens, sweep.corrupt_tokens,
-                                      [f"blocks.{l}.attn.hook_z" for l in layers], metric,
-                                      heads=True, direction="noise", last_position_only=True, progress=False),
-                        clean, corrupt)
-    return dict(top=(layer, head), top_value=value, second_value=second[2], attention=float(attention),
-                resid=resid, heads=heads, head_layers=layers)
+def _assert_found(found, where):
+    """The chapter's analysis (nothing read from the plant) finds every part where it was planted."""
+    mover, writer = tuple(where["mover_head"]), tuple(where["writer_head"])
+    readers = {tuple(h) for h in where["reader_heads"]}
+    assert found["mover_layer"] == mover[0], found["resid"][:, :, -1]
+    assert found["movers"] == [mover], found["movers"]
+    assert found["writer"] == writer
+    assert set(found["readers"]) == readers, found["readers"]
+    assert found["visible_mlp"] == where["early_mlp"], found["visible_from"]
+    assert found["writer_mlp"] == where["late_mlp"], found["reader_paths"]
 
 
-def _assert_found(found, layer, head, n_layers):
-    assert found["top"] == (layer, head)
-    assert found["top_value"] > 5 * abs(found["second_value"])
-    assert found["attention"] > 0.8
-    pre, mid = found["resid"][0], found["resid"][1]  # [layer, (dual, last)]
-    for l in range(n_layers):
-        # resid_pre: the dual word up to the head's layer, the last token after it
-        if l <= layer:
-            assert pre[l, 0] > 0.9 and abs(pre[l, 1]) < 0.1, (l, pre[l])
-        else:
-            assert pre[l, 1] > 0.9 and abs(pre[l, 0]) < 0.1, (l, pre[l])
-        # resid_mid: after the head's attention layer, the last token
-        if l < layer:
-            assert mid[l, 0] > 0.9 and abs(mid[l, 1]) < 0.1, (l, mid[l])
-        else:
-            assert mid[l, 1] > 0.9 and abs(mid[l, 0]) < 0.1, (l, mid[l])
-    # Noising the planted head alone removes the behaviour; no other head of those layers matters.
-    assert layer in found["head_layers"]
-    necessary = 1 - found["heads"]
-    row = found["head_layers"].index(layer)
-    assert necessary[row, head] > 0.9
-    necessary[row, head] = 0
-    assert necessary.abs().max() < 0.1
+def test_default_plant_is_found_at_the_write_ups_places(gpt2_standin):
+    from exercises_lib.standin.duality import DEFAULT_PLACEMENT
 
-
-def test_default_plant_is_found_at_9_7(gpt2_standin):
-    _assert_found(_analyse(gpt2_standin), 9, 7, gpt2_standin.cfg.n_layers)
+    found = D.find_circuit(gpt2_standin, D.left_right_prompts(gpt2_standin, " left").subset([0, 1]))
+    _assert_found(found, DEFAULT_PLACEMENT)
 
 
 def test_plant_elsewhere_is_found_there(moved):
-    _assert_found(_analyse(moved), 7, 3, moved.cfg.n_layers)
+    from exercises_lib.standin.duality import DEFAULT_PLACEMENT
+
+    found = D.find_circuit(moved, D.left_right_prompts(moved, " left").subset([0, 1]))
+    _assert_found(found, DEFAULT_PLACEMENT | MOVED)
 
 
 def test_explorer_builds(gpt2_standin):

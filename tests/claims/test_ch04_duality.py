@@ -40,9 +40,19 @@ def _dual_head(model) -> tuple[int, int]:
     reads_dual_word = final_attention.argmax(-1) == ps.dual_pos
     assert reads_dual_word.any(), "no head attends mostly from the final position to the dual word"
     layer, head, _ = D.top_heads(dla.masked_fill(~reads_dual_word, float("-inf")), 1)[0]
-    if not model.is_standin:
-        assert (layer, head) == (9, 7), f"discovered head {layer}.{head}, the write-up's is 9.7"
+    assert (layer, head) == (9, 7), f"discovered head {layer}.{head}, the write-up's is 9.7"
     return layer, head
+
+
+_FOUND: dict = {}
+
+
+def _found(model) -> dict:
+    """The chapter's analysis (``duality.find_circuit``) on two left-correct prompts, once per model."""
+    key = id(model)
+    if key not in _FOUND:
+        _FOUND[key] = D.find_circuit(model, D.left_right_prompts(model, " left").subset([0, 1]))
+    return _FOUND[key]
 
 
 def _lr_dla(model):
@@ -58,7 +68,7 @@ def test_claim_4_1_opposite_predicted(course_model):
     top = D.top_predictions(model, "I have two hands, my right hand and my", k=3)
     assert top[0][0] == " left", top
     # Real: "really high confidence" in the write-up; we ask for more than 0.3.
-    assert top[0][1] > (0.9 if model.is_standin else 0.3)
+    assert top[0][1] > 0.3
     lr = D.left_right_prompts(model)
     ld = D.logit_diff(model(lr.clean_tokens), lr.correct, lr.incorrect)
     for answer in (" left", " right"):
@@ -66,7 +76,12 @@ def test_claim_4_1_opposite_predicted(course_model):
         assert ld[mask].mean() > 0, answer
     pairs = D.pair_prompts(model)
     assert D.logit_diff(model(pairs.clean_tokens), pairs.correct, pairs.incorrect).mean() > 0
-    if not model.is_standin:  # the asymmetry: " right" also pairs with " wrong" (not planted in the stand-in)
+    # The asymmetry: " right" also pairs with " wrong": " wrong" gains after " right", not after " left".
+    wrong = model.to_single_token(" wrong")
+    after_right = model(model.to_tokens("I have two hands, my right hand and my"))[0, -1, wrong]
+    after_left = model(model.to_tokens("I have two hands, my left hand and my"))[0, -1, wrong]
+    assert after_right - after_left > 1.0, (float(after_right), float(after_left))
+    if not model.is_standin:
         probs = dict(D.top_predictions(model, "The difference between right and", k=50))
         assert probs.get(" wrong", 0.0) > probs.get(" left", 0.0)
 
@@ -84,10 +99,7 @@ def test_claim_4_2_logit_lens(course_model):
     labels = D.resid_labels(model.cfg.n_layers)
     half = labels[int((mean > 0.5 * mean[-1]).nonzero()[0])]
     layer = int(half.split("_")[0]) if half != "final_post" else model.cfg.n_layers
-    if model.is_standin:  # one head writes the difference: the jump is at the discovered head's attention layer
-        assert half == f"{_dual_head(model)[0]}_mid"
-    else:  # the write-up's curve rises in the second half of the network
-        assert layer >= 6
+    assert layer >= 6  # the write-up's curve rises in the second half of the network
 
 
 def test_claim_4_3_one_head_dominates_dla(course_model):
@@ -101,8 +113,6 @@ def test_claim_4_3_one_head_dominates_dla(course_model):
     assert value > 2 * abs(second[2])  # "only one head provides a significant logit difference"
     att = D.dual_word_attention(cache[f"blocks.{layer}.attn.hook_pattern"], head, ps.dual_pos).mean()
     assert att > 0.5  # "almost all of its attention" on the real model
-    if model.is_standin:  # one head is the whole circuit: it writes most of the logit difference directly
-        assert value > 0.5 * float(D.logit_diff(logits, ps.correct, ps.incorrect).mean())
 
 
 def _resid_scores(model, positions):
@@ -116,27 +126,45 @@ def _resid_scores(model, positions):
 
 
 def test_claim_4_4_patching_hot_spots(course_model):
-    """4.4: denoising: the dual word carries the difference early, the last token late."""
+    """4.4: denoising resid_pre/resid_mid: the dual word at resid_pre 6 recovers most; the last token almost
+    nothing at resid_pre 6 and some at resid_mid 6; attention layer 6 is where information first moves."""
     model = course_model("gpt2-small")
-    sweep, scores = _resid_scores(model, lambda s: [s.dual_pos, s.seq_len - 1])
-    pre, mid = scores[0], scores[1]  # [layer, (dual word, last token)]
-    assert pre[0, 0] > 0.95 and mid[-1, 1] > 0.95
-    handover = int((mid[:, 1] > mid[:, 0]).nonzero()[0])
-    if model.is_standin:
-        assert handover == _dual_head(model)[0]
-    else:  # write-up: resid_pre 6 at the dual word recovers most; the last token none at resid_pre 6, some at resid_mid 6
-        assert pre[6, 0] > 0.5
-        assert pre[6, 1] < 0.2
-        assert mid[6, 1] > pre[6, 1] + 0.05
-        assert handover <= 9
+    found = _found(model)
+    pre, mid = found["resid"][0], found["resid"][1]  # [layer, pos]
+    dual = D.left_right_prompts(model, " left").dual_pos
+    assert pre[6, dual] > 0.5  # "recovers most"
+    assert pre[6, -1] < 0.2  # "recovers almost no performance"
+    assert mid[6, -1] > pre[6, -1] + 0.05  # "recovers some"
+    assert found["mover_layer"] == 6, found["mover_layer"]
+
+
+def test_claim_4_4_visible_only_after_mlp_8(course_model):
+    """4.4: with resid_mid 6 of the last token denoised, the logit difference appears only at 9_pre (after MLP 8)."""
+    model = course_model("gpt2-small")
+    found = _found(model)
+    assert found["visible_from"] == "9_pre", found["visible_from"]
+    assert found["visible_mlp"] == 8
+
+
+def test_claim_4_4_heads_6_1_and_layer_8(course_model):
+    """4.4: head 6.1 moves the information in attention layer 6; heads 8.1, 8.6 and 8.8 (attending to the dual
+    word) matter; 9.7 writes the most directly. Found by head-level patching, attention and DLA."""
+    model = course_model("gpt2-small")
+    found = _found(model)
+    assert found["movers"] == [(6, 1)], found["movers"]
+    assert found["writer"] == (9, 7), found["writer"]
+    layer8 = {h for h in found["readers"] if h[0] == 8}
+    assert layer8 and layer8 <= {(8, 1), (8, 6), (8, 8)}, found["readers"]
+    if model.is_standin:  # the write-up: "heads 1, 6 and 8 seem important"
+        assert layer8 == {(8, 1), (8, 6), (8, 8)}
 
 
 def test_claim_4_4_mlps_8_and_10(course_model):
-    """4.4 (MLPs): patching one MLP's output (all positions) per layer, both directions. Real: MLP 8 or MLP 10
-    matters. Stand-in: its circuit is one head, so no MLP carries the difference."""
+    """4.4 (MLPs): patching one MLP's output (all positions) per layer, both directions, and path patching
+    from the layer-8 heads: MLP 10 writes the answer."""
     model = course_model("gpt2-small")
     left = D.left_right_prompts(model, " left")
-    sweep = left if not model.is_standin else left.subset([0, 1])
+    sweep = left.subset([0, 1])
     metric = D.logit_diff_metric(sweep)
     clean, corrupt = metric(model(sweep.clean_tokens)), metric(model(sweep.corrupt_tokens))
     hooks = P.resid_hook_names(model, "mlp_out")
@@ -145,15 +173,12 @@ def test_claim_4_4_mlps_8_and_10(course_model):
                              clean, corrupt).flatten()
               for d in ("denoise", "noise")}
     recovered, lost = scores["denoise"], 1 - scores["noise"]  # [layer] each
-    if model.is_standin:
-        assert recovered.abs().max() < 0.1 and lost.abs().max() < 0.1
-    else:
-        # The write-up has no per-MLP patching figure: its MLP evidence is indirect (the patched logit difference
-        # jumps after MLP 8, "to almost 0.5" at resid_pre 9 when resid_mid 6 of the last token is patched; MLP 10
-        # is said to write into the logit subspace) and its credences for MLP 8 / MLP 10 mechanisms are 50 % each.
-        # So the bound is loose: one of the two, in one direction, moves at least a tenth of the difference.
-        share = max(float(recovered[8]), float(lost[8]), float(recovered[10]), float(lost[10]))
-        assert share > 0.1, (recovered.tolist(), lost.tolist())
+    # The write-up has no per-MLP patching figure: its MLP evidence is indirect (the patched logit difference
+    # jumps after MLP 8; MLP 10 is said to write what attention layer 8 provides into the logit subspace) and
+    # its credences for MLP 8 / MLP 10 mechanisms are 50 % each. So: MLP 10 moves at least a tenth of the
+    # difference, and the layer-8 heads act through it more than through any other MLP (path patching).
+    assert max(float(recovered[10]), float(lost[10])) > 0.1, (recovered.tolist(), lost.tolist())
+    assert _found(model)["writer_mlp"] == 10, _found(model)["reader_paths"].tolist()
 
 
 def test_claim_4_5_same_head_for_other_pairs(course_model):
@@ -163,6 +188,14 @@ def test_claim_4_5_same_head_for_other_pairs(course_model):
     _, cache = model.run_with_cache(pairs.clean_tokens)
     dla = D.head_logit_attribution(cache, D.logit_diff_directions(model, pairs.correct, pairs.incorrect)).mean(-1)
     assert _dual_head(model) in [(l, h) for l, h, _ in D.top_heads(dla, 3)]
+    # "the same heads in layer 8 attend to the dual tokens"
+    layer8 = [h for h in _found(model)["readers"] if h[0] == 8]
+    attention = D.final_attention_to(cache, pairs, layer8)
+    assert layer8 and min(attention.values()) > 0.5, attention
+    # Partial: the pairs are completed to different degrees, not all of them.
+    ld = D.logit_diff(model(pairs.clean_tokens), pairs.correct, pairs.incorrect)
+    completed = float((ld > 1.0).float().mean())
+    assert 0.3 < completed < 1.0, ld.tolist()
 
 
 def test_claim_4_6_hypotheses_are_testable(course_model):
@@ -185,7 +218,7 @@ def test_claim_4_6_hypotheses_are_testable(course_model):
     lost_direct = 1 - P.normalise(direct, clean, corrupt)
     # The head matters (write-up: 90 %) on both models.
     assert lost_total > 0.3
-    if model.is_standin:
+    if model.is_standin:  # the stand-in's 9.7 writes its part directly (the write-up's 10 % hypothesis)
         assert lost_direct > 0.8 * lost_total
 
 
@@ -203,5 +236,5 @@ def test_across_2_patching_directions(course_model):
     interaction = scores["denoise"] + scores["noise"] - 1
     # Positions before the dual word are untouched by the corruption: exactly 0 + 1.
     assert interaction[:, : sweep.dual_pos].abs().max() < 1e-3
-    if model.is_standin:
-        assert interaction.abs().max() < 0.1
+    if model.is_standin:  # every path of the stand-in's circuit adds up at the residual sites
+        assert interaction.abs().max() < 0.15
