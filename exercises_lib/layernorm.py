@@ -334,6 +334,8 @@ def growth_shape(
     depth = torch.arange(len(ratios), dtype=rank.dtype)
     rc, dc = rank - rank.mean(), depth - depth.mean()
     trend = float((rc * dc).sum() / ((rc * rc).sum() * (dc * dc).sum()).sqrt().clamp_min(1e-12))
+    if float(ratios.max() - ratios.min()) <= 1e-9 * float(ratios.abs().max()):
+        trend = 0.0  # equal ratios (exact exponential growth): no trend, whatever rounding ranks them
 
     if fit_ratio >= margin and trend > falling:
         verdict = "exponential"

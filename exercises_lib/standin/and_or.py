@@ -85,8 +85,8 @@ BOS_AMP = 1.0  # norm of the BOS direction added to <|endoftext|>'s embedding
 # layer-0 input), so LayerNorm multiplies by less there. Only the sizes below depend on
 # this estimate, not the gates' logic.
 QUIET_NORM = 8.5
-CLASS_SCORE = 12.0  # attention score of a class word above an ordinary token
-BOS_SCORE = 5.0  # attention score of BOS above an ordinary token
+CLASS_SCORE = 20.0  # attention score of a class word above an ordinary token
+BOS_SCORE = 8.0  # attention score of BOS above an ordinary token
 SIGNAL = 2.0  # norm of each of a planted head's two outputs (presence, identity)
 GAIN = 30.0  # neuron pre-activation per unit of S - t R (one head's signal after LN)
 LOGIT_DIFF = 20.0  # logit difference a gate adds when it is on (large next to the ~1 by which
