@@ -73,8 +73,8 @@ def test_residual_norm_growth(course_model, source):
     Real GPT-2 small (layers 1-12, BOS left out): :func:`check_residual_norm_growth`."""
     if source == "standin":
         pytest.skip("norm growth is not planted in the stand-in (nothing in it amplifies the residual stream, and "
-                    "every later-layer plant is tuned to an unamplified residual): its norm grows additively, which "
-                    "the chapter measures; the claim is about the real model and is tested where its weights load")
+                    "every later-layer plant is tuned to an unamplified residual): its norm barely grows, which the "
+                    "chapter measures; the claim is about the real model and is tested where its weights load")
     model = course_model("gpt2-small")
     check_residual_norm_growth(LN.residual_norms(model, _text_tokens(model)))
 
