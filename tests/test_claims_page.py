@@ -99,11 +99,19 @@ def test_page_from_a_small_results_file(tmp_path):
     assert "| stand-in |" in _row(text, "4.1") and _row(text, "4.1").endswith("| passed |")
     assert "**FAILED** (1 of 1)" in _row(text, "4.2")
     assert "| real weights only (skipped here) |" in _row(text, "tools.4") and _row(text, "tools.4").endswith("| skipped |")
-    assert "| write-up only (no claims test) |" in _row(text, "1.6")
+    # 1.6 has a claims test in tests/claims, absent from these results
+    assert "| not in these results (its tests did not run) |" in _row(text, "1.6")
+    assert "`test_claim6_" in _row(text, "1.6")
     assert "* not planted: tools.4 `test_residual_norm_growth` (stand-in)" in text
     assert "## Tests that name no claim" in text and "test_helper_without_claim" in text
     for claim in page.CLAIMS:  # every claim has its row
         _row(text, claim)
+
+
+def test_a_claim_without_any_test_is_write_up_only():
+    text = page.render(FAKE, known={"2.3": ["test_claim_2_3_head_groups"]})
+    assert "| write-up only (no claims test) |" in _row(text, "1.6") and _row(text, "1.6").endswith("| no test |")
+    assert "| real layer 0 |" in _row(text, "2.3")
 
 
 def test_page_without_results_says_the_tests_were_not_run(tmp_path):

@@ -62,6 +62,33 @@ SOURCES = {"real-layer0": "real layer 0", "standin": "stand-in", "real": "real w
 MARK = {"passed": "passed", "failed": "**FAILED**", "error": "**ERROR**", "skipped": "skipped", "not run": "not run"}
 
 
+def tests_by_claim(claims_dir: Path = ROOT / "tests" / "claims") -> dict[str, list[str]]:
+    """Claim -> the claims tests that state it, read from the test files (ast) with the results
+    hook's own rule (``claim_of`` in ``tests/claims/conftest.py``); empty where that cannot be read."""
+    import ast
+    import importlib.util
+
+    try:
+        spec = importlib.util.spec_from_file_location("_claims_conftest", claims_dir / "conftest.py")
+        conftest = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(conftest)
+    except Exception as err:  # noqa: BLE001 - the page still builds, without this column's distinction
+        print(f"claims_page: could not read the claims tests' numbering ({err})", file=sys.stderr)
+        return {}
+    found: dict[str, list[str]] = defaultdict(list)
+    for path in sorted(claims_dir.glob("test_*.py")):
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.FunctionDef) and node.name.startswith("test_"):
+                args = ()
+                for dec in node.decorator_list:
+                    if isinstance(dec, ast.Call) and ast.unparse(dec.func).endswith("mark.claim"):
+                        args = tuple(ast.literal_eval(a) for a in dec.args)
+                claim = conftest.claim_of(path.name, node.name, args)
+                if claim:
+                    found[claim].append(node.name)
+    return dict(found)
+
+
 def chapter_of(claim: str) -> str:
     return claim.split(".", 1)[0]
 
@@ -71,9 +98,11 @@ def claim_sort_key(claim: str) -> tuple:
     return (head == "tools", int(head) if head.isdigit() else 0, int(tail) if tail.isdigit() else 0)
 
 
-def how_known(records: list[dict]) -> tuple[str, str]:
+def how_known(records: list[dict], has_tests: bool = False) -> tuple[str, str]:
     """(how the claim is known here, result) from the records of its tests."""
     if not records:
+        if has_tests:
+            return "not in these results (its tests did not run)", "not run"
         return "write-up only (no claims test)", "no test"
     passed = {r["source"] for r in records if r["outcome"] == "passed"}
     failed = [r for r in records if r["outcome"] in ("failed", "error")]
@@ -114,7 +143,8 @@ def tests_cell(records: list[dict]) -> str:
     return "<br>".join(parts) if parts else "-"
 
 
-def render(results: dict | None, results_path: str = "_build/claims.json") -> str:
+def render(results: dict | None, results_path: str = "_build/claims.json",
+           known: dict[str, list[str]] | None = None) -> str:
     lines = [
         "# The course's claims, and how each is known here",
         "",
@@ -163,8 +193,9 @@ def render(results: dict | None, results_path: str = "_build/claims.json") -> st
         skipped: dict[str, list[str]] = defaultdict(list)
         for claim in claims:
             rs = by_claim.get(claim, [])
-            how, result = how_known(rs) if results is not None else ("not run", "not run")
-            lines.append(f"| {claim} | {_cell(CLAIMS[claim])} | {how} | {tests_cell(rs)} | {result} |")
+            how, result = how_known(rs, bool((known or {}).get(claim))) if results is not None else ("not run", "not run")
+            tests = tests_cell(rs) if rs else ("<br>".join(f"`{t}`" for t in (known or {}).get(claim, [])) or "-")
+            lines.append(f"| {claim} | {_cell(CLAIMS[claim])} | {how} | {tests} | {result} |")
             for r in rs:
                 if r["outcome"] == "skipped" and r.get("skip_reason"):
                     skipped[r["skip_reason"]].append(f"{claim} `{_test_name(r['test'])}` ({SOURCES.get(r['source'], r['source'])})")
@@ -198,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"claims_page: {results_path} is not valid JSON ({err}); the page says the tests were not run",
                   file=sys.stderr)
     shown = os.path.relpath(results_path, ROOT) if results_path.is_absolute() else str(results_path)
-    Path(args.out).write_text(render(results, shown))
+    Path(args.out).write_text(render(results, shown, tests_by_claim()))
     print(f"claims_page: wrote {args.out} ({'from ' + shown if results else 'tests not run'})")
     return 0
 
