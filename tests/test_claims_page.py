@@ -97,7 +97,7 @@ def test_page_from_a_small_results_file(tmp_path):
     row = _row(text, "2.3")
     assert "| real layer 0 |" in row and row.endswith("| passed |") and "`test_claim_2_3_head_groups`" in row
     assert "| stand-in |" in _row(text, "4.1") and _row(text, "4.1").endswith("| passed |")
-    assert "**FAILED** (1 of 1)" in _row(text, "4.2")
+    assert "**FAILED** (1 of 1)" in _row(text, "4.2") and "| stand-in (failed there) |" in _row(text, "4.2")
     assert "| real weights only (skipped here) |" in _row(text, "tools.4") and _row(text, "tools.4").endswith("| skipped |")
     # 1.6 has a claims test in tests/claims, absent from these results
     assert "| not in these results (its tests did not run) |" in _row(text, "1.6")

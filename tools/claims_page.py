@@ -110,6 +110,8 @@ def how_known(records: list[dict], has_tests: bool = False) -> tuple[str, str]:
     kinds += sorted(str(s) for s in passed if s not in SOURCES)
     if kinds:
         how = ", ".join(kinds)
+    elif failed:
+        how = ", ".join(dict.fromkeys(SOURCES.get(r["source"], str(r["source"])) for r in failed)) + " (failed there)"
     elif any(r["source"] == "real" and r["outcome"] == "skipped" for r in records):
         how = "real weights only (skipped here)"
     elif all(r["outcome"] == "not run" for r in records):
