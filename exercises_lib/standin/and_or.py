@@ -149,7 +149,12 @@ def _reads(build: StandinBuild, class_dirs: torch.Tensor, bos_dir: torch.Tensor,
     _, sv, vh = torch.linalg.svd(ordinary - mean, full_matrices=False)
     k = int((sv.pow(2).cumsum(0) / sv.pow(2).sum() < NOISE_FRAC).sum()) + 1
     bos = out["resid_mid"][0, 0] - out["resid_mid"][0, 0].mean()
-    noise = _orthonormal(torch.cat([vh[:k], mean[None]]))
+    b_out = build.weights["blocks.0.mlp.b_out"]  # MLP 0's (real) bias: the same at every position
+    # What layer 0's attention writes at each class word (averaged over contexts): the reads
+    # ignore it, so that they see a class word's own embedding and not a real head's copy of it.
+    class_ids = build.token_ids(COLOURS) + build.token_ids(ANIMALS)
+    written = _layer0_outputs(build, class_ids)
+    noise = _orthonormal(torch.cat([vh[:k], mean[None], (b_out - b_out.mean())[None], written]))
     avoid = _orthonormal(torch.cat([noise, bos[None]]))
 
     def clean(v, basis, target):
@@ -168,8 +173,49 @@ def _reads(build: StandinBuild, class_dirs: torch.Tensor, bos_dir: torch.Tensor,
             others = torch.cat([signals[: 2 * j + g], signals[2 * j + g + 1:]])
             rows.append(clean(target, _orthonormal(torch.cat([noise, others])), target))
         reads[key] = torch.stack(rows)
+    # Each class word's class read, and each trigger's and class-mate's identity read, as the
+    # real layer 0 leaves them (averaged over contexts and positions) set to 1 (trigger) or 0
+    # (class-mate) through its embedding: then a class-mate differs from the trigger only in identity.
+    E = build.weights["embed.W_E"]
+    for c, words in enumerate((COLOURS, ANIMALS)):
+        ids = build.token_ids(words)
+        for _ in range(2):
+            E[ids] += (1 - _responses(build, ids, reads["class"][c]))[:, None] * class_dirs[c]
+        for _ in range(2):
+            target = torch.tensor([1.0 if i == tokens[c] else 0.0 for i in ids])
+            E[ids] += (target - _responses(build, ids, reads["identity"][c]))[:, None] * e_tok[c]
     build.notes.append(f"and_or: heads read past the {k} directions of largest variance of the real layer 0's output")
     return reads
+
+
+def _layer0_outputs(build: StandinBuild, ids: list[int]) -> torch.Tensor:
+    """Mean attention output of layer 0 (centred) at each token of ``ids``, over a few contexts and positions."""
+    batch, positions, n_ctx = _contexts(build, ids)
+    out = layer0_forward(build.weights, batch, build.cfg["n_heads"], mlp=False)["attn_out"][:, positions]
+    out = out - out.mean(-1, keepdim=True)
+    return out.reshape(len(ids), -1, out.shape[-1]).mean(1)
+
+
+def _contexts(build: StandinBuild, ids: list[int]):
+    g = torch.Generator().manual_seed(99)
+    n_ctx, positions = 3, torch.tensor([4, 17, 30, 45])
+    base = torch.randint(1000, 40000, (n_ctx, 48), generator=g)
+    base[:, 0] = build.token_ids([BOS])[0]
+    batch = base.repeat(len(ids), 1)
+    for i, t in enumerate(ids):
+        batch[i * n_ctx:(i + 1) * n_ctx, positions] = t
+    return batch, positions, n_ctx
+
+
+def _responses(build: StandinBuild, ids: list[int], read: torch.Tensor) -> torch.Tensor:
+    """Mean of ``read`` over the residual stream after layer 0 (centred) at each token of ``ids``,
+    put at a few positions of a few random contexts."""
+    batch, positions, _ = _contexts(build, ids)
+    mid = layer0_forward(build.weights, batch, build.cfg["n_heads"], mlp=False)["resid_mid"][:, positions]
+    b_out = build.weights["blocks.0.mlp.b_out"]
+    mid = mid + b_out
+    mid = mid - mid.mean(-1, keepdim=True)
+    return (mid @ read).reshape(len(ids), -1).mean(-1)
 
 
 def _plant_head(
