@@ -40,7 +40,11 @@ TransformerLens caches the divisor ``1 / s`` as ``hook_scale``.
 The residual stream's norm
 --------------------------
 :func:`residual_norms` and :func:`growth_fit` (exponential fit, one factor per
-layer).
+layer). A good exponential fit alone does not say that growth is exponential:
+over a dozen layers of slow growth, a straight line (additive growth, a fixed
+vector added per layer) fits about as well. :func:`growth_shape` compares the
+two models of the norms and the trend of the step ratios, and says which
+kind of growth the norms show.
 
 Chapter 5's two patching exercises live with their tools and are imported here
 under the chapter's name: :func:`patching_effect`
@@ -83,6 +87,7 @@ __all__ = [
     "residual_norms",
     "fitted_growth_factor",
     "growth_fit",
+    "growth_shape",
     "patching_effect",
     "attention_shift",
 ]
@@ -283,4 +288,71 @@ def growth_fit(norms: Float[Tensor, "layer"], start: int = 1) -> dict[str, Tenso
         "layers": torch.arange(start, len(norms)),
         "r2": r2.float(),
         "ratios": (norms[1:] / norms[:-1]).float(),
+    }
+
+
+def growth_shape(
+    norms: Float[Tensor, "layer"], start: int = 1, margin: float = 1.5, falling: float = -0.6
+) -> dict[str, object]:
+    """Exponential or additive growth of ``norms[start:]``? Two ways to tell them apart.
+
+    *Two models, two parameters each*: exponential ``|x_l| = A g^l`` (least
+    squares on the log norms, as :func:`growth_fit`) and additive
+    ``|x_l| = a + b l`` (least squares on the norms). Each is scored by the RMS
+    of its relative residuals ``(|x_l| - fit_l) / |x_l|``;
+    ``fit_ratio = rms(additive) / rms(exponential)`` is above 1 where the
+    exponential fits better.
+
+    *Step ratios* ``|x_{l+1}| / |x_l|``: constant (up to noise) for exponential
+    growth, falling with depth for additive growth (``1 + b / (a + b l)``).
+    ``ratio_trend`` is their Spearman rank correlation with depth (-1: every
+    ratio smaller than the one before).
+
+    ``verdict``: ``"exponential"`` where ``fit_ratio >= margin`` and the ratios do
+    not fall (``ratio_trend > falling``); ``"additive"`` where the line fits
+    clearly better (``fit_ratio <= 1 / margin``), or no clearly better than
+    the line while the ratios fall; ``"undecided"`` otherwise (for instance a
+    better exponential fit made by one large step among falling ratios).
+    """
+    part = norms[start:].detach().double().cpu()
+    if part.ndim != 1 or len(part) < 4:
+        raise ValueError(f"growth_shape needs at least 4 norms after start={start}, got shape {tuple(norms.shape)}")
+    if not bool(torch.isfinite(part).all()) or bool((part <= 0).any()):
+        raise ValueError("growth_shape needs finite, positive norms")
+    l = torch.arange(len(part), dtype=part.dtype)
+    lc = l - l.mean()
+
+    def line_fit(y):
+        slope = (lc * (y - y.mean())).sum() / (lc * lc).sum()
+        return y.mean() + slope * lc
+
+    exponential = line_fit(part.log()).exp()
+    additive = line_fit(part)
+    rms_exp = ((part - exponential) / part).pow(2).mean().sqrt()
+    rms_add = ((part - additive) / part).pow(2).mean().sqrt()
+    fit_ratio = float(rms_add / rms_exp.clamp_min(1e-12))
+
+    ratios = part[1:] / part[:-1]
+    rank = ratios.argsort().argsort().double()
+    depth = torch.arange(len(ratios), dtype=rank.dtype)
+    rc, dc = rank - rank.mean(), depth - depth.mean()
+    trend = float((rc * dc).sum() / ((rc * rc).sum() * (dc * dc).sum()).sqrt().clamp_min(1e-12))
+    if float(ratios.max() - ratios.min()) <= 1e-9 * float(ratios.abs().max()):
+        trend = 0.0  # equal ratios (exact exponential growth): no trend, whatever rounding ranks them
+
+    if fit_ratio >= margin and trend > falling:
+        verdict = "exponential"
+    elif fit_ratio <= 1 / margin or (fit_ratio < margin and trend <= falling):
+        verdict = "additive"
+    else:
+        verdict = "undecided"
+    return {
+        "verdict": verdict,
+        "fit_ratio": fit_ratio,
+        "ratio_trend": trend,
+        "rms_exponential": float(rms_exp),
+        "rms_additive": float(rms_add),
+        "exponential": exponential.float(),
+        "additive": additive.float(),
+        "layers": torch.arange(start, len(norms)),
     }

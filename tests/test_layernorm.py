@@ -155,12 +155,13 @@ def test_and_or_default_placement_found_by_one_direction_each(gpt2_standin):
     gates, found = _gate_heads(gpt2_standin)
     assert gates["and"] == {"denoise_only": [], "noise_only": sorted(map(tuple, D["and_heads"])), "both": []}
     assert gates["or"] == {"denoise_only": sorted(map(tuple, D["or_heads"])), "noise_only": [], "both": []}
-    # Exact: each gate head's effect is 0 or 1 within a few percent.
+    # Close to exact: each gate head's effect is 0 or 1 within 0.1 (the real layer 0's output,
+    # which differs between a trigger and its class-mates, is what is left between them).
     heads = found["heads"]
     for (l, h) in map(tuple, D["and_heads"]):
-        assert abs(float(heads["noise"][l, h, 0]) - 1) < 0.06 and abs(float(heads["denoise"][l, h, 0])) < 0.06
+        assert abs(float(heads["noise"][l, h, 0]) - 1) < 0.1 and abs(float(heads["denoise"][l, h, 0])) < 0.1
     for (l, h) in map(tuple, D["or_heads"]):
-        assert abs(float(heads["denoise"][l, h, 1]) - 1) < 0.06 and abs(float(heads["noise"][l, h, 1])) < 0.06
+        assert abs(float(heads["denoise"][l, h, 1]) - 1) < 0.1 and abs(float(heads["noise"][l, h, 1])) < 0.1
     # At the level of whole attention layers both directions find them.
     assert set(found["flagged"]) == {l for l, _ in D["and_heads"] + D["or_heads"]}
 

@@ -6,6 +6,13 @@
 #   BOOK_INCREMENTAL=1 tools/build_book.sh   # rebuild changed pages only
 #   tools/build_book.sh -W                   # extra arguments go to `jupyter-book build`
 #
+# The claims page (book/claims.md) is written by tools/claims_page.py from the
+# claims tests' results ($CLAIMS_RESULTS, default _build/claims.json, written
+# whenever tests/claims runs). A full build without that file runs the claims
+# tests first (CLAIMS_RUN=0 skips them; the page then says they were not run);
+# the test suite's build (BOOK_EXECUTE=off) never runs them, and leaves the
+# committed page as it is when no results file exists.
+#
 # Uses .venv, installed by tools/install.sh (idempotent, quick when nothing
 # changed). VENV=path builds with another environment: it is checked against
 # requirements.txt and completed only where something is missing.
@@ -89,6 +96,16 @@ yaml.safe_dump(cfg, open(".book-config-noexec.yml", "w"), sort_keys=False)
 PYCONF
     args+=(--config .book-config-noexec.yml)
 fi
+claims_results="${CLAIMS_RESULTS:-_build/claims.json}"
+if [ ! -f "$claims_results" ] && [ "${BOOK_EXECUTE:-}" != "off" ] && [ "${CLAIMS_RUN:-1}" != "0" ]; then
+    echo "build_book: running the claims tests for the claims page (CLAIMS_RUN=0 skips them)"
+    # Failures are part of the page, not a reason to stop the build.
+    CLAIMS_RESULTS="$claims_results" "$venv/bin/python" -m pytest tests/claims -q -p no:cacheprovider || true
+fi
+if [ -f "$claims_results" ] || [ "${BOOK_EXECUTE:-}" != "off" ] || [ ! -f book/claims.md ]; then
+    "$venv/bin/python" tools/claims_page.py --results "$claims_results" --out book/claims.md
+fi
+
 start=$(date +%s)
 "$venv/bin/jupyter-book" "${args[@]}" "$@"
 echo "build_book: built in $(( $(date +%s) - start )) s"
