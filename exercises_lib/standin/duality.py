@@ -152,7 +152,7 @@ def _check_placement(where: dict, n_layers: int, n_heads: int) -> list[tuple[int
     models=("gpt2-small",),
     default_placement=DEFAULT_PLACEMENT,
     description="the duality circuit: a mover head and an MLP, reader heads and an MLP, a writer head",
-    order=60,
+    order=95,  # after the AND/OR plant: its protection of the end-of-text and stopword logits sees every embedding change
 )
 def plant_duality_circuit(build: StandinBuild, where: dict) -> None:
     L, H, d_head = build.cfg["n_layers"], build.cfg["n_heads"], build.cfg["d_head"]
