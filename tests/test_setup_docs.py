@@ -61,6 +61,18 @@ RUN_BY = {
     "tools/build_book.sh": "tests/book/conftest.py::book_html",
     "bash tools/build_book.sh": "tests/book/conftest.py::book_html",
     "bash tools/test.sh": "test_test_command_starts",
+    # "Model weights" (setup.md): the downloads need the Hugging Face hub, which this suite cannot reach;
+    # the folders they write are the layouts tests/test_real_path.py exports and loads offline.
+    "W=/path/to/weights": "test_manifest_command_on_the_exported_layouts (sets W)",
+    "hf download gpt2 config.json model.safetensors vocab.json merges.txt tokenizer.json tokenizer_config.json "
+    "--local-dir $W/gpt2": "needs the hub; layout: tests/test_real_path.py",
+    'hf download apollo-research/gpt2_noLN --include "*.json" "*.safetensors" "*.txt" '
+    "--local-dir $W/apollo-research/gpt2_noLN": "needs the hub; layout: tests/test_real_path.py",
+    "hf download NeelNanda/Attn_Only_4L512W_C4_Code config.json model_final.pth "
+    "--local-dir $W/NeelNanda/Attn_Only_4L512W_C4_Code": "needs the hub; layout: tests/test_real_path.py",
+    "hf download NeelNanda/gpt-neox-tokenizer-digits --local-dir $W/NeelNanda/gpt-neox-tokenizer-digits":
+        "needs the hub; layout: tests/test_real_path.py",
+    ".venv/bin/python -m exercises_lib.models.manifest --all $W": "test_manifest_command_on_the_exported_layouts",
 }
 
 
@@ -71,6 +83,24 @@ def test_every_documented_command_is_run_by_a_test():
     assert not unknown, f"documented commands that no test runs (add them to RUN_BY and test them): {unknown}"
     book_fixture = (ROOT / "tests" / "book" / "conftest.py").read_text()
     assert '"tools" / "build_book.sh"' in book_fixture, "the book fixture no longer runs tools/build_book.sh"
+
+
+@pytest.mark.slow
+def test_manifest_command_on_the_exported_layouts(tmp_path):
+    """setup.md's manifest command, verbatim, with ``W`` a copy (hard links) of the stand-ins exported in
+    the hub's layouts: it writes each folder's manifest, naming its weights."""
+    from _exports import standin_exports
+
+    weights = tmp_path / "weights"
+    shutil.copytree(standin_exports() / "weights", weights, copy_function=os.link)
+    command = _setup_md(".venv/bin/python -m exercises_lib.models.manifest").replace(".venv/bin/python", sys.executable, 1)
+    out = subprocess.run(["bash", "-c", command], cwd=ROOT, env=dict(os.environ, W=str(weights)),
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    for folder, weight_file in (("gpt2", "model.safetensors"), ("apollo-research/gpt2_noLN", "model.safetensors"),
+                                ("NeelNanda/Attn_Only_4L512W_C4_Code", "model_final.pth")):
+        manifest = weights / folder / "mechinterp-manifest.json"
+        assert manifest.is_file() and weight_file in manifest.read_text(), (folder, out.stdout[-2000:])
 
 
 def _setup_md(command_start: str) -> str:
