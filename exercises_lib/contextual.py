@@ -753,19 +753,32 @@ def contribution_components(
 # ---------------------------------------------------------------------------
 
 
-def plot_positional_grid(pi_row: Tensor, real_row: Tensor, *, model, side: int = 20, title: str = "", show: bool = True):
-    """Each head's positional pattern (``[head, side*side]``) as a ``side x side`` image, next to a real pattern."""
-    from exercises_lib.plotting import imshow
+def plot_positional_grid(pi_row: Tensor, real_row: Tensor, *, model, side: int = 20, title: str = "",
+                         kinds: tuple[str, str] = ("pos.", "real"), show: bool = True):
+    """Each head's positional pattern (``[head, side*side]``) as a ``side x side`` tile, next to a second
+    pattern (``real_row``); ``kinds`` name the two in the tile titles. Source position ``side * row + column``."""
+    from exercises_lib.plotting import imshow, title_margin
 
     n_heads = pi_row.shape[0]
     imgs = torch.stack([torch.stack([pi_row[h], real_row[h]]) for h in range(n_heads)])  # [head, 2, L]
     imgs = imgs.reshape(n_heads * 2, side, side)
-    labels = [f"{h} {kind}" for h in range(n_heads) for kind in ("pos.", "real")]
-    return imshow(
+    labels = [f"{h} {kind}" for h in range(n_heads) for kind in kinds]
+    fig = imshow(
         imgs, model=model, facet_col=0, facet_col_wrap=8, facet_labels=labels, centred=False,
-        color_continuous_scale="Blues", zmax=float(imgs.quantile(0.995)), title=title, height=480, width=1000,
-        labels={"color": "attention"}, show=show, facet_row_spacing=0.04, facet_col_spacing=0.01,
+        color_continuous_scale="Blues", zmax=float(imgs.quantile(0.995)), title=title, height=520, width=1000,
+        labels={"color": "attention"}, show=False, facet_row_spacing=0.05, facet_col_spacing=0.01,
     )
+    # Rows and columns of a tile are not positions by themselves: no tick labels; the caption says how to read it.
+    fig.update_xaxes(showticklabels=False)
+    fig.update_yaxes(showticklabels=False)
+    fig.add_annotation(text=f"each tile: attention to source position {side} x row + column (0 top left, "
+                            f"{side * side - 1} bottom right)", xref="paper", yref="paper", x=0.5, y=0, yshift=-10,
+                       showarrow=False, xanchor="center", yanchor="top", font=dict(size=12))
+    fig.update_layout(margin=dict(t=title_margin(fig.layout.title.text) + 24, b=40))
+    if show:
+        fig.show()
+        return None
+    return fig
 
 
 def plot_normalisers(

@@ -72,9 +72,34 @@ def _name(model) -> str:
     return name
 
 
+#: Characters of a printed line that the book's output area shows without scrolling.
+LINE_WIDTH = 140
+
+
+def _wrap_at_gaps(text: str, width: int = LINE_WIDTH, indent: str = "    ") -> str:
+    """``text`` with each line longer than ``width`` broken at its double spaces (the gaps between a
+    measurement, its provenance and the write-up's value), continued on indented lines."""
+    out = []
+    for line in text.split("\n"):
+        parts = line.split("  ")
+        if len(line) <= width or len(parts) == 1:
+            out.append(line)
+            continue
+        current = parts[0]
+        for part in parts[1:]:
+            if len(current) + 2 + len(part.lstrip()) <= width:
+                current += "  " + part
+            else:
+                out.append(current)
+                current = indent + part.lstrip()
+        out.append(current)
+    return "\n".join(out)
+
+
 def say(model, *values: Any, sep: str = " ") -> None:
-    """Print a measured line, prefixed with the name of the model it was measured on: ``[name] ...``."""
-    print(f"[{_name(model)}]", *values, sep=sep)
+    """Print a measured line, prefixed with the name of the model it was measured on: ``[name] ...``.
+    A line too wide for the book is continued on indented lines at its double spaces."""
+    print(_wrap_at_gaps(sep.join([f"[{_name(model)}]", *map(str, values)])))
 
 
 def title_margin(title: str) -> int:
@@ -163,6 +188,9 @@ def line(
         fig.add_trace(go.Scatter(x=xs, y=row, mode="lines", name=name, showlegend=name is not None, **kwargs))
     labels = labels or {}
     fig.update_layout(xaxis_title=labels.get("x"), yaxis_title=labels.get("y"))
+    if len(xs) > 12 and all(isinstance(v, str) for v in xs.tolist()):
+        # many named points: vertical labels, each under its own point (slanted ones reach under the y-axis)
+        fig.update_xaxes(tickangle=-90)
     return _finish(fig, title, model, source, show, height)
 
 

@@ -385,7 +385,7 @@ def _run_cases(chk: Check, student_fn: Callable, guard: "_guard.ModelGuard", con
         except Exception as err:  # a comparison we did not foresee: still no harness traceback
             why = f"your output could not be compared with the reference ({type(err).__name__}: {err}); it is {_describe(actual)}"
         if why:
-            diagnosis = _diagnose(chk, actual, kwargs)
+            diagnosis = _diagnose(chk, student_fn, guard, cases, i, actual)
             msg = f"On {label}: {why}."
             if diagnosis:
                 msg += f" It matches a typical mistake: {diagnosis}."
@@ -393,20 +393,38 @@ def _run_cases(chk: Check, student_fn: Callable, guard: "_guard.ModelGuard", con
     return CheckResult(name, True, f"all {len(cases)} test cases pass")
 
 
-def _diagnose(chk: Check, actual: Any, kwargs: dict) -> str | None:
-    for description, wrong_fn in chk.mistakes.items():
-        try:
-            wrong = wrong_fn(**_guard.clone_inputs(kwargs))
-            same = (
-                chk.compare_fn(actual, wrong, kwargs)
-                if chk.compare_fn
-                else compare(actual, wrong, atol=chk.atol, rtol=chk.rtol)
-            ) is None
-        except Exception:
+def _matches(chk: Check, wrong_fn: Callable, actual: Any, kwargs: dict) -> bool:
+    """Whether ``actual`` is what the mistake ``wrong_fn`` gives on ``kwargs``."""
+    try:
+        wrong = wrong_fn(**_guard.clone_inputs(kwargs))
+        return (
+            chk.compare_fn(actual, wrong, kwargs)
+            if chk.compare_fn
+            else compare(actual, wrong, atol=chk.atol, rtol=chk.rtol)
+        ) is None
+    except Exception:
+        return False
+
+
+def _diagnose(chk: Check, student_fn: Callable, guard: "_guard.ModelGuard", cases: list, failed: int,
+              actual: Any) -> str | None:
+    """The typical mistake the learner's output on case ``failed`` matches. Where several mistakes give
+    that same output, the learner's function is run on the other cases to tell them apart."""
+    found = [d for d, fn in chk.mistakes.items() if _matches(chk, fn, actual, cases[failed])]
+    for j, kwargs in enumerate(cases):
+        if len(found) < 2:
+            break
+        if j == failed:
             continue
-        if same:
-            return description
-    return None
+        try:
+            other = student_fn(**_guard.clone_inputs(kwargs))
+        except Exception:
+            other = None
+        if guard.undo():
+            break
+        narrowed = [d for d in found if other is not None and _matches(chk, chk.mistakes[d], other, kwargs)]
+        found = narrowed or found
+    return found[0] if found else None
 
 
 #: Checks that failed an attempt in this session: their hints may be shown.

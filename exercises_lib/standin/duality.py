@@ -33,7 +33,7 @@ planted parts write it):
 * **Mover head** (6.1): word ``j`` -> a feature direction ``m_j`` (logit-invisible).
   **Early MLP** (8): one neuron per word whose pair takes this route, reading
   ``m_j`` and writing the opposite's token direction.
-* **Reader heads** (8.1, 8.6, 8.8): word ``j`` -> ``r_j`` (shares 0.45, 0.35, 0.2).
+* **Reader heads** (8.1, 8.6, 8.8): word ``j`` -> ``r_j`` (shares 0.40, 0.33, 0.27).
   **Late MLP** (10): one neuron per word whose pair takes this route, reading
   ``r_j``, writing the opposite's token direction.
 * **Writer head** (9.7): word ``j`` -> the opposite's token direction (strength
@@ -72,7 +72,7 @@ DUAL_AMP = 2.0
 #: Logit difference (correct - incorrect) each route writes for a fully routed pair.
 LOGIT_BUDGET = {"early_mlp": 14.0, "late_mlp": 12.0, "writer": 15.0}
 #: Shares of the reader heads in what the late MLP reads.
-READER_SHARES = (0.45, 0.35, 0.20)
+READER_SHARES = (0.40, 0.33, 0.27)
 #: Per pair: (the writer head's strength, routed through the early MLP, through the late MLP).
 PAIR_ROUTES: dict[tuple[str, str], tuple[float, bool, bool]] = {
     (" left", " right"): (1.0, True, True),

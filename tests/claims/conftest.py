@@ -29,7 +29,9 @@ chapters): by ``@pytest.mark.claim("2.3")``, or else by its name
 ``test_across_2_...`` for tools claim 2); :func:`claim_of` reads both. When claims
 tests run, their results (test, claim, source, outcome, skip reason) are written
 as JSON to ``$CLAIMS_RESULTS`` (default ``_build/claims.json``), from which
-``tools/claims_page.py`` builds the book's claims page.
+``tools/claims_page.py`` builds the book's claims page. Without ``$CLAIMS_RESULTS``,
+a run of part of the claims tests writes ``_build/claims-partial.json`` instead,
+so that the page never presents a partial run as the whole suite.
 """
 
 from __future__ import annotations
@@ -173,10 +175,29 @@ def _git_commit() -> str | None:
     return out.stdout.strip() or None
 
 
+_DESELECTED: list[str] = []
+
+
+def pytest_deselected(items):
+    _DESELECTED.extend(item.nodeid for item in items if Path(str(item.path)).parent == Path(__file__).parent)
+
+
+def _whole_suite_ran() -> bool:
+    """Whether every claims test was collected and none deselected (``-k``, ``-m``, a single file...)."""
+    ran = {Path(r["test"].split("::", 1)[0]).name for r in _RESULTS.values()}
+    files = {p.name for p in Path(__file__).parent.glob("test_*.py")}
+    return not _DESELECTED and files <= ran
+
+
 def pytest_sessionfinish(session, exitstatus):
     if not _RESULTS or hasattr(session.config, "workerinput"):  # nothing ran here, or an xdist worker
         return
-    path = Path(os.environ.get(RESULTS_ENV) or DEFAULT_RESULTS)
+    if os.environ.get(RESULTS_ENV):
+        path = Path(os.environ[RESULTS_ENV])
+    elif _whole_suite_ran():
+        path = DEFAULT_RESULTS
+    else:  # a partial run must not stand for the whole suite on the claims page
+        path = DEFAULT_RESULTS.with_name("claims-partial.json")
     payload = {
         "generated": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "commit": _git_commit(),
