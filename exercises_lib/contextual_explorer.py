@@ -150,16 +150,19 @@ class NeuronExplorer:
         fig.add_trace(go.Bar(x=vals, y=[f"{j + 1}. {s}" for j, s in enumerate(labels)], orientation="h",
                              showlegend=False, marker_color=["#2166ac" if v > 0 else "#b2182b" for v in vals]),
                       row=1, col=1)
-        x = list(range(len(actual)))
-        fig.add_trace(go.Scatter(x=x, y=actual.cpu().float().numpy().round(3), name="actual (layer-0 forward pass)",
+        # From position 1: at position 0 every head attends to that token alone, outside the approximation's
+        # domain, and its value would set the scale. The scores above count positions >= 100 (shaded before).
+        x = list(range(1, len(actual)))
+        fig.add_trace(go.Scatter(x=x, y=actual[1:].cpu().float().numpy().round(3), name="actual (layer-0 forward pass)",
                                  mode="lines"), row=1, col=2)
-        fig.add_trace(go.Scatter(x=x, y=predicted.cpu().float().numpy().round(3), name="predicted from the weights",
+        fig.add_trace(go.Scatter(x=x, y=predicted[1:].cpu().float().numpy().round(3), name="predicted from the weights",
                                  mode="lines"), row=1, col=2)
+        fig.add_vrect(x0=1, x1=100, fillcolor="grey", opacity=0.12, line_width=0, row=1, col=2)
         fig.add_vline(x=half, line_dash="dot", line_color="grey", row=1, col=2)
-        fig.update_yaxes(autorange="reversed", row=1, col=1)
+        fig.update_yaxes(autorange="reversed", tickfont=dict(size=10), row=1, col=1)
         fig.update_xaxes(title_text="contribution", row=1, col=1)
         fig.update_xaxes(title_text="position", row=1, col=2)
-        fig.update_layout(height=440, legend=dict(orientation="h", y=-0.15),
+        fig.update_layout(height=480, legend=dict(orientation="h", y=-0.15),
                           title=figure_title(f"MLP-0 neuron {neuron}", self.model))
         self.last_figure = fig
         return fig

@@ -189,8 +189,9 @@ def line(
     labels = labels or {}
     fig.update_layout(xaxis_title=labels.get("x"), yaxis_title=labels.get("y"))
     if len(xs) > 12 and all(isinstance(v, str) for v in xs.tolist()):
-        # many named points: vertical labels, each under its own point (slanted ones reach under the y-axis)
-        fig.update_xaxes(tickangle=-90)
+        # many named points: vertical labels, each under its own point (slanted ones reach under the y-axis),
+        # and half a step of room on each side, so the first label clears the y-axis' lowest tick label
+        fig.update_xaxes(tickangle=-90, range=[-0.5, len(xs) - 0.5])
     return _finish(fig, title, model, source, show, height)
 
 
