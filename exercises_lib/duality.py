@@ -638,31 +638,11 @@ def patched_logit_lens(model, prompts: PromptSet, layer: int, pos: int, *, kind:
     dirs = logit_diff_directions(model, prompts.correct, prompts.incorrect)
     _, clean_cache = model.run_with_cache(prompts.clean_tokens)
     _, corrupt_cache = model.run_with_cache(prompts.corrupt_tokens)
-    if kind == "resid_pre":
-        source = clean_cache[f"blocks.{layer}.hook_resid_pre"]
-
-        def write(act, hook):
-            act = act.clone()
-            act[:, pos] = source[:, pos]
-            return act
-
-        hooks = [(f"blocks.{layer}.hook_resid_pre", write)]
-    elif kind == "resid_mid":  # written through attn_out: the bridge's hook_resid_mid is only the MLP's input
-        source = clean_cache[f"blocks.{layer}.hook_resid_mid"]
-        stored = {}
-
-        def capture(act, hook):
-            stored["pre"] = act
-            return act
-
-        def write(act, hook):
-            act = act.clone()
-            act[:, pos] = source[:, pos] - stored["pre"][:, pos]
-            return act
-
-        hooks = [(f"blocks.{layer}.hook_resid_pre", capture), (f"blocks.{layer}.hook_attn_out", write)]
-    else:
+    if kind not in ("resid_pre", "resid_mid"):
         raise ValueError(f"kind must be 'resid_pre' or 'resid_mid', not {kind!r}")
+    from exercises_lib import patching as P
+
+    hooks = P.patch_hooks(f"blocks.{layer}.hook_{kind}", clean_cache, pos=pos)
     with model.hooks(fwd_hooks=hooks):
         _, patched_cache = model.run_with_cache(prompts.corrupt_tokens)
     return (logit_lens_logit_diff(patched_cache, dirs).mean(1), logit_lens_logit_diff(corrupt_cache, dirs).mean(1))

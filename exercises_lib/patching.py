@@ -99,6 +99,7 @@ __all__ = [
     "patch_sweep",
     "patch_loop",
     "patch_together",
+    "patch_hooks",
     "path_patch",
     "path_patch_sweep",
     "resid_hook_names",
@@ -590,6 +591,14 @@ def _site_hooks(site: _Site, source: dict[str, Tensor]) -> list[tuple[str, Calla
         return act
 
     return [(site.hook, patch)]
+
+
+def patch_hooks(hook_name: str, source_cache, *, pos: int | None = None, head: int | None = None
+                ) -> list[tuple[str, Callable]]:
+    """Forward hooks that patch ``hook_name`` (at ``pos`` and ``head``; None: all) with its value in
+    ``source_cache``, for every prompt: for ``model.hooks(fwd_hooks=...)`` or ``run_with_hooks``.
+    ``hook_resid_mid`` is written through ``hook_attn_out``, so the residual stream itself changes."""
+    return _site_hooks(_Site(hook_name, head, pos), source_cache)
 
 
 @torch.no_grad()

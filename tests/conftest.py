@@ -5,6 +5,21 @@ from __future__ import annotations
 import pytest
 
 
+@pytest.fixture
+def no_hub(monkeypatch, tmp_path):
+    """An empty Hugging Face cache, no weights folder, no source forced, and a hub that must not be
+    asked (it answers unreachable); returns the list of times it was asked."""
+    from exercises_lib import models
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    monkeypatch.delenv("MECHINTERP_WEIGHTS_DIR", raising=False)
+    monkeypatch.delenv("MECHINTERP_SOURCE", raising=False)
+    asked = []
+    monkeypatch.setattr(models, "_hub_reachable", lambda timeout=2.0: asked.append(1) or False)
+    return asked
+
+
 @pytest.fixture(scope="session")
 def gpt2_standin():
     from exercises_lib.models import load_model

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ast
 import importlib.util
 import json
 import subprocess
@@ -40,20 +39,8 @@ def test_claim_of(file, name, marker, expected):
     assert claims_conftest.claim_of(file, name, marker) == expected
 
 
-def _claims_tests():
-    """(file, test name, claim marker args) of every test function in tests/claims, read with ast."""
-    for path in sorted((ROOT / "tests" / "claims").glob("test_*.py")):
-        for node in ast.parse(path.read_text()).body:
-            if isinstance(node, ast.FunctionDef) and node.name.startswith("test_"):
-                args = ()
-                for dec in node.decorator_list:
-                    if isinstance(dec, ast.Call) and ast.unparse(dec.func).endswith("mark.claim"):
-                        args = tuple(ast.literal_eval(a) for a in dec.args)
-                yield path.name, node.name, args
-
-
 def test_every_claims_test_names_a_claim_of_the_course():
-    found = {(f, n): claims_conftest.claim_of(f, n, a) for f, n, a in _claims_tests()}
+    found = {(f, n): claims_conftest.claim_of(f, n, a) for f, n, a in page.claims_test_functions()}
     assert len(found) >= 20
     unknown = {k: v for k, v in found.items() if v not in page.CLAIMS}
     assert not unknown, f"claims tests whose claim is not one of the course's (tools/claims_page.py CLAIMS): {unknown}"

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import queue
-import shutil
 import subprocess
 import sys
 import sysconfig
@@ -27,6 +26,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from _tree import copy_working_tree
 
 import exercises_lib
 from exercises_lib import colab
@@ -121,14 +122,7 @@ def _git_env():
 def release_repo(tmp_path_factory) -> Path:
     """A git repository holding the package as the working tree has it, tagged RELEASE_TAG."""
     repo = tmp_path_factory.mktemp("published") / "mechinterp-course"
-    files = subprocess.run(
-        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard", "--", "pyproject.toml", "README.md", "exercises_lib"],
-        cwd=ROOT, check=True, capture_output=True, text=True,
-    ).stdout.split("\0")
-    for rel in filter(None, files):
-        if (ROOT / rel).is_file():
-            (repo / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / rel, repo / rel)
+    copy_working_tree(repo, "pyproject.toml", "README.md", "exercises_lib")
     _git("init", "-q", "-b", "main", cwd=repo)
     _git("add", "-A", cwd=repo)
     _git("commit", "-q", "-m", "release", cwd=repo)

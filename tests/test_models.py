@@ -17,18 +17,8 @@ from exercises_lib.models import ModelUnavailableError, load_model
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture
-def offline(monkeypatch, tmp_path):
-    """No network, an empty HF cache and no local weights directory."""
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
-    monkeypatch.delenv("MECHINTERP_WEIGHTS_DIR", raising=False)
-    monkeypatch.delenv("MECHINTERP_SOURCE", raising=False)
-    monkeypatch.setattr(models, "_hub_reachable", lambda timeout=2.0: False)
-
-
 @pytest.mark.parametrize("name", ["gpt2-small", "attn-only-4l", "gpt2-noLN"])
-def test_real_without_network_fails_fast_and_clearly(offline, name):
+def test_real_without_network_fails_fast_and_clearly(no_hub, name):
     start = time.monotonic()
     with pytest.raises(ModelUnavailableError) as err:
         load_model(name, source="real")
@@ -46,7 +36,7 @@ def test_real_check_really_probes_network_quickly(monkeypatch, tmp_path):
     assert time.monotonic() - start < 3
 
 
-def test_auto_falls_back_to_standin_with_reason_in_banner(offline, capsys):
+def test_auto_falls_back_to_standin_with_reason_in_banner(no_hub, capsys):
     model = load_model("attn-only-4l", device="cpu")
     out = capsys.readouterr().out
     assert model.is_standin

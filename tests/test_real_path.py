@@ -34,18 +34,6 @@ def exports() -> Path:
     return standin_exports()
 
 
-@pytest.fixture
-def no_hub(monkeypatch, tmp_path):
-    """An empty Hugging Face cache, no weights folder, and a hub that must not be asked."""
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
-    monkeypatch.delenv("MECHINTERP_WEIGHTS_DIR", raising=False)
-    monkeypatch.delenv("MECHINTERP_SOURCE", raising=False)
-    asked = []
-    monkeypatch.setattr(models, "_hub_reachable", lambda timeout=2.0: asked.append(1) or False)
-    return asked
-
-
 def assert_same_model(real, standin):
     assert not real.is_standin and real.display_name == MODELS[real.course_name]["display"]
     assert "Real weights of" in real.provenance

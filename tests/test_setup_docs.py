@@ -34,6 +34,7 @@ from pathlib import Path
 import pytest
 
 import _background
+from _tree import copy_working_tree
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ("book/setup.md", "README.md")
@@ -223,14 +224,7 @@ def _fresh_install(tmp_path: Path) -> str | None:
     if not _index_reachable(tmp_path):
         return None
     repo = tmp_path / "course"
-    files = subprocess.run(
-        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        cwd=ROOT, check=True, capture_output=True, text=True,
-    ).stdout.split("\0")
-    for rel in filter(None, files):
-        if (ROOT / rel).is_file():
-            (repo / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / rel, repo / rel)
+    copy_working_tree(repo)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME"))}
     env["PATH"] = os.pathsep.join(p for p in env["PATH"].split(os.pathsep) if not p.startswith(sys.prefix))
     timings = {}

@@ -62,10 +62,23 @@ SOURCES = {"real-layer0": "real layer 0", "standin": "stand-in", "real": "real w
 MARK = {"passed": "passed", "failed": "**FAILED**", "error": "**ERROR**", "skipped": "skipped", "not run": "not run"}
 
 
+def claims_test_functions(claims_dir: Path = ROOT / "tests" / "claims"):
+    """(file name, test name, ``claim`` marker arguments) of every test function in ``claims_dir``, read with ast."""
+    import ast
+
+    for path in sorted(claims_dir.glob("test_*.py")):
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.FunctionDef) and node.name.startswith("test_"):
+                args = ()
+                for dec in node.decorator_list:
+                    if isinstance(dec, ast.Call) and ast.unparse(dec.func).endswith("mark.claim"):
+                        args = tuple(ast.literal_eval(a) for a in dec.args)
+                yield path.name, node.name, args
+
+
 def tests_by_claim(claims_dir: Path = ROOT / "tests" / "claims") -> dict[str, list[str]]:
     """Claim -> the claims tests that state it, read from the test files (ast) with the results
     hook's own rule (``claim_of`` in ``tests/claims/conftest.py``); empty where that cannot be read."""
-    import ast
     import importlib.util
 
     try:
@@ -76,16 +89,10 @@ def tests_by_claim(claims_dir: Path = ROOT / "tests" / "claims") -> dict[str, li
         print(f"claims_page: could not read the claims tests' numbering ({err})", file=sys.stderr)
         return {}
     found: dict[str, list[str]] = defaultdict(list)
-    for path in sorted(claims_dir.glob("test_*.py")):
-        for node in ast.parse(path.read_text()).body:
-            if isinstance(node, ast.FunctionDef) and node.name.startswith("test_"):
-                args = ()
-                for dec in node.decorator_list:
-                    if isinstance(dec, ast.Call) and ast.unparse(dec.func).endswith("mark.claim"):
-                        args = tuple(ast.literal_eval(a) for a in dec.args)
-                claim = conftest.claim_of(path.name, node.name, args)
-                if claim:
-                    found[claim].append(node.name)
+    for file_name, test_name, args in claims_test_functions(claims_dir):
+        claim = conftest.claim_of(file_name, test_name, args)
+        if claim:
+            found[claim].append(test_name)
     return dict(found)
 
 
