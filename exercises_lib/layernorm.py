@@ -292,7 +292,7 @@ def growth_fit(norms: Float[Tensor, "layer"], start: int = 1) -> dict[str, Tenso
 
 
 def growth_shape(
-    norms: Float[Tensor, "layer"], start: int = 1, margin: float = 1.5, falling: float = -0.6
+    norms: Float[Tensor, "layer"], start: int = 1, margin: float = 1.5, falling: float = -0.6, material: float = 0.2
 ) -> dict[str, object]:
     """Exponential or additive growth of ``norms[start:]``? Two ways to tell them apart.
 
@@ -306,12 +306,16 @@ def growth_shape(
     *Step ratios* ``|x_{l+1}| / |x_l|``: constant (up to noise) for exponential
     growth, falling with depth for additive growth (``1 + b / (a + b l)``).
     ``ratio_trend`` is their Spearman rank correlation with depth (-1: every
-    ratio smaller than the one before).
+    ratio smaller than the one before). The ratios *fall* where that trend is at
+    most ``falling`` and the fall is material: the median growth rate
+    ``ratio - 1`` of the later half of the steps is below ``1 - material`` times
+    that of the earlier half (``rate_change`` is their quotient). Ratios that are
+    all about equal rank in any order; their trend says nothing.
 
     ``verdict``: ``"exponential"`` where ``fit_ratio >= margin`` and the ratios do
-    not fall (``ratio_trend > falling``); ``"additive"`` where the line fits
-    clearly better (``fit_ratio <= 1 / margin``), or no clearly better than
-    the line while the ratios fall; ``"undecided"`` otherwise (for instance a
+    not fall; ``"additive"`` where the line fits clearly better
+    (``fit_ratio <= 1 / margin``), or no clearly better than the line while the
+    ratios fall; ``"undecided"`` otherwise (for instance a
     better exponential fit made by one large step among falling ratios).
     """
     part = norms[start:].detach().double().cpu()
@@ -339,10 +343,14 @@ def growth_shape(
     trend = float((rc * dc).sum() / ((rc * rc).sum() * (dc * dc).sum()).sqrt().clamp_min(1e-12))
     if float(ratios.max() - ratios.min()) <= 1e-9 * float(ratios.abs().max()):
         trend = 0.0  # equal ratios (exact exponential growth): no trend, whatever rounding ranks them
+    half = len(ratios) // 2
+    early, late = (ratios[:half] - 1).median(), (ratios[-half:] - 1).median()
+    rate_change = float(late / early) if float(early) > 0 else float("nan")
+    falls = trend <= falling and not rate_change >= 1 - material  # a NaN change (no early growth) counts as falling
 
-    if fit_ratio >= margin and trend > falling:
+    if fit_ratio >= margin and not falls:
         verdict = "exponential"
-    elif fit_ratio <= 1 / margin or (fit_ratio < margin and trend <= falling):
+    elif fit_ratio <= 1 / margin or (fit_ratio < margin and falls):
         verdict = "additive"
     else:
         verdict = "undecided"
@@ -350,6 +358,7 @@ def growth_shape(
         "verdict": verdict,
         "fit_ratio": fit_ratio,
         "ratio_trend": trend,
+        "rate_change": rate_change,
         "rms_exponential": float(rms_exp),
         "rms_additive": float(rms_add),
         "exponential": exponential.float(),

@@ -79,6 +79,18 @@ def test_step_ratios_falling_with_one_large_step_are_not_exponential():
     assert shape["verdict"] != "exponential"
 
 
+def test_exponential_growth_with_a_slight_steady_drift_is_exponential():
+    """Step ratios that fall steadily but immaterially (1.205 down to 1.195: the growth rate moves by 5%):
+    their rank correlation with depth is -1, the growth is still exponential. Without the materiality
+    condition (``material=0``) the same norms would not be called exponential."""
+    ratios = torch.linspace(1.205, 1.195, 11, dtype=torch.float64)
+    norms = _with_embedding(40.0 * torch.cat([torch.ones(1, dtype=torch.float64), ratios.cumprod(0)]))
+    shape = LN.growth_shape(norms)
+    assert shape["ratio_trend"] < -0.99 and 0.9 < shape["rate_change"] < 1.0
+    assert shape["verdict"] == "exponential"
+    assert LN.growth_shape(norms, material=0.0)["verdict"] != "exponential"
+
+
 def test_growth_shape_rejects_bad_input():
     with pytest.raises(ValueError, match="at least 4"):
         LN.growth_shape(torch.tensor([1.0, 2.0, 3.0]))

@@ -62,8 +62,10 @@ def check_residual_norm_growth(norms) -> dict:
     assert 1.05 < float(fit["factor"]) < 1.6, fit["factor"]
     assert shape["verdict"] == "exponential", (
         f"growth is {shape['verdict']}: an exponential fits {shape['fit_ratio']:.2f} times better than a line "
-        f"(needs 1.5), step ratios' rank correlation with depth {shape['ratio_trend']:+.2f} (needs > -0.6)")
-    return {"factor": float(fit["factor"]), **{k: shape[k] for k in ("verdict", "fit_ratio", "ratio_trend")}}
+        f"(needs 1.5); step ratios' rank correlation with depth {shape['ratio_trend']:+.2f} and growth rate of the "
+        f"later layers {shape['rate_change']:.2f} times the earlier ones' (falling: <= -0.6 and below 0.8)")
+    return {"factor": float(fit["factor"]),
+            **{k: shape[k] for k in ("verdict", "fit_ratio", "ratio_trend", "rate_change")}}
 
 
 @pytest.mark.claim("tools.4")
