@@ -438,3 +438,32 @@ def test_the_package_guard_sees_and_undoes_every_change(tmp_path):
     assert guard.changes() == [f"added exercises_lib/checks/__pycache__/{cache.name}"]
     guard.restore()
     assert not cache.exists()
+
+
+@pytest.mark.parametrize("first_cells, runs", [(0, 2), (3, 1)])
+def test_a_kernel_that_dies_before_any_cell_gets_one_more_start(tmp_path, monkeypatch, first_cells, runs):
+    """A kernel that never ran a cell (it died before answering kernel_info) is started once more; one
+    that ran cells and then stopped is the notebook's doing and is reported as it is."""
+    import asyncio
+
+    from exercises_lib.grading import kernel
+
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x = 1")]), str(tmp_path / "in.ipynb"))
+    calls = []
+
+    async def fake_run(nb, spec, folder, deadline, progress):
+        calls.append(len(calls))
+        if len(calls) == 1:
+            progress["cells"] = first_cells
+            return {"stopped": "the notebook could not be executed: RuntimeError: Kernel died", "extracted": False}
+        progress["cells"] = 2
+        return {"stopped": None, "extracted": True}
+
+    monkeypatch.setattr(kernel, "_run_cells", fake_run)
+    monkeypatch.setattr(kernel, "GradingKernelManager", object)
+    spec = {"folder": str(tmp_path), "notebook": str(tmp_path / "in.ipynb"), "names": ["f"], "time_limit": 60,
+            "executed": "out.ipynb"}
+    status = asyncio.run(kernel._execute(spec))
+    assert len(calls) == runs
+    assert (status["stopped"] is None) == (runs == 2)
+    assert (tmp_path / "out.ipynb").is_file()

@@ -209,9 +209,6 @@ GradingKernelManager = None  # set on first use (importing jupyter_client is not
 
 async def _execute(spec: dict) -> dict:
     import nbformat
-    from nbclient.exceptions import DeadKernelError
-
-    from exercises_lib.kernel_wait import notebook_client
 
     global GradingKernelManager
     GradingKernelManager = GradingKernelManager or _kernel_manager_class()
@@ -219,6 +216,26 @@ async def _execute(spec: dict) -> dict:
     nb = nbformat.read(spec["notebook"], as_version=4)
     nb.cells.append(nbformat.v4.new_code_cell(extraction_source(spec["names"], str(folder))))
     deadline = time.monotonic() + spec["time_limit"]
+    status: dict[str, Any] = {"stopped": None, "extracted": False}
+    # A kernel that dies before it answers its first request has run none of the notebook: an
+    # infrastructure failure (seen on a loaded machine), not the learner's. It gets one more start.
+    for attempt in range(2):
+        progress = {"cells": 0}
+        status = await _run_cells(nb, spec, folder, deadline, progress)
+        if progress["cells"] or not status["stopped"] or attempt:
+            break
+    nb.cells.pop()
+    nbformat.write(nb, str(folder / spec["executed"]))
+    return status
+
+
+async def _run_cells(nb, spec: dict, folder: Path, deadline: float, progress: dict) -> dict:
+    """Execute ``nb``'s cells in one kernel (the last cell: the extraction); ``progress["cells"]`` counts
+    the cells started, so that a kernel that never ran one can be told apart."""
+    from nbclient.exceptions import DeadKernelError
+
+    from exercises_lib.kernel_wait import notebook_client
+
     client = notebook_client(
         nb, timeout=spec["timeout"], kernel_name="python3", allow_errors=True,
         interrupt_on_timeout=True, kernel_manager_class=GradingKernelManager,
@@ -238,19 +255,19 @@ async def _execute(spec: dict) -> dict:
                 # A cell running past its timeout is interrupted and gets an error output.
                 client.timeout = max(1, math.ceil(min(spec["timeout"], left)))
                 started = time.monotonic()
+                progress["cells"] += 1
                 await client.async_execute_cell(cell, index)
                 if left < spec["timeout"] and time.monotonic() - started >= client.timeout:
                     status["stopped"] = f"{limit_reached} in cell {index}, which was interrupted"
                     break
             client.timeout = spec["extract_timeout"]
+            progress["cells"] += 1
             await client.async_execute_cell(nb.cells[last], last)
             status["extracted"] = Path(folder, MANIFEST_FILE).is_file()
     except DeadKernelError:
         status["stopped"] = "the kernel died (out of memory, or the notebook ended its own process)"
     except Exception as err:  # noqa: BLE001 - the grader reports it
         status["stopped"] = f"the notebook could not be executed: {type(err).__name__}: {err}"[:500]
-    nb.cells.pop()
-    nbformat.write(nb, str(folder / spec["executed"]))
     return status
 
 

@@ -503,21 +503,30 @@ class Worker:
         calls = [str(c) for c in out.get("calls") or []]
         state: dict[str, Any] = {"i": 0, "raised": None, "devices": [], "bad": None}
 
+        def prepared(kwargs, case) -> bool:
+            return case.keys() == kwargs.keys() and all(_same_input(kwargs[k], case[k]) for k in case)
+
         def replay(**kwargs):
             i = state["i"]
             state["i"] += 1
-            case = cases[i] if i < len(cases) else None
-            if case is None or case.keys() != kwargs.keys() or not all(_same_input(kwargs[k], case[k]) for k in case):
+            # The check runs the cases in order; after a failure its diagnosis may run the function on
+            # other cases to name the mistake: those calls are answered from the same records.
+            in_order = i < len(cases) and prepared(kwargs, cases[i])
+            j = i if in_order else next((k for k, case in enumerate(cases) if prepared(kwargs, case)), None)
+            if j is None:
                 state["bad"] = f"the check called the function with inputs the grader did not prepare (call {i})"
                 raise _Replayed(state["bad"])
-            if i >= len(records):
-                state["bad"] = f"no output recorded for case {i}"
+            if j >= len(records):
+                if not in_order:  # the learner's function raised before this case: nothing to tell apart
+                    raise _Replayed(f"no output recorded for case {j}")
+                state["bad"] = f"no output recorded for case {j}"
                 raise _Replayed(state["bad"])
-            rec = records[i]
+            rec = records[j]
             if rec.get("kind") == "ok":
                 return _restore(rec.get("value"), state["devices"])
             err = (_ReplayedNotImplemented if rec.get("not_implemented") else _Replayed)(str(rec.get("message")))
-            state["raised"] = (err, rec)
+            if in_order:
+                state["raised"] = (err, rec)
             raise err
 
         try:
