@@ -29,7 +29,8 @@ and values of earlier positions), starting inside layer L where the patched
 activation sits (after the attention for ``hook_z``, the MLP for
 ``resid_mid``, the next layer for ``mlp_out``); sites whose source and target
 activations are equal need nothing; the unembedding runs at the metric's
-position only (the last). The two reference runs (clean and corrupted, every
+position only (the last; for ``patch_sweep``'s defaults, which hand the
+metric every position, at every position a patch changes). The two reference runs (clean and corrupted, every
 position, every layer) are added once per sweep. Matmuls count 2 FLOPs per
 multiply-add; LayerNorms, softmax and biases are not counted. The limit's
 time is that count at the matmul rate measured in the same round.
@@ -77,11 +78,13 @@ def layer_flops(cfg, stage: str, p0: int, seq: int) -> float:
     return {"pre": qkv + att + o + mlp, "o": o + mlp, "mlp": mlp}[stage]
 
 
-def site_flops(cfg, layer: int, stage: str, p0: int | None, seq: int) -> float:
-    """FLOPs one prompt needs for one site (None: the site changes nothing)."""
+def site_flops(cfg, layer: int, stage: str, p0: int | None, seq: int, every_position: bool = False) -> float:
+    """FLOPs one prompt needs for one site (None: the site changes nothing); the unembedding at the
+    metric's position, or (``every_position``: the metric is handed every position) at every
+    position the patch changes."""
     if p0 is None:
         return 0.0
-    total = 2 * cfg.d_model * cfg.d_vocab  # unembedding at the metric's position
+    total = 2 * cfg.d_model * cfg.d_vocab * ((seq - p0) if every_position else 1)
     if stage == "final":
         return total
     if stage == "post":
@@ -91,9 +94,11 @@ def site_flops(cfg, layer: int, stage: str, p0: int | None, seq: int) -> float:
     return total
 
 
-def reference_flops(cfg, seq: int) -> float:
-    """The clean and corrupted runs, every position of every layer, plus one unembedding."""
-    return 2 * cfg.n_layers * layer_flops(cfg, "pre", 0, seq) + 2 * cfg.d_model * cfg.d_vocab
+def reference_flops(cfg, seq: int, every_position: bool = False) -> float:
+    """The clean and corrupted runs, every position of every layer, plus the target run's
+    unembedding at the metric's position (``every_position``: at every position)."""
+    return 2 * cfg.n_layers * layer_flops(cfg, "pre", 0, seq) + 2 * cfg.d_model * cfg.d_vocab * (
+        seq if every_position else 1)
 
 
 def first_diff(a: torch.Tensor, b: torch.Tensor, pos_axis: int = 1) -> int | None:
@@ -154,9 +159,15 @@ def build_sweeps(model, ps, metric, chosen, stride: int = 1):
         what=f"resid_pre, {L} layers x {S} positions",
         peer_name="get_act_patch_resid_pre (= generic_activation_patch, layer_pos_patch_setter)", peer=peer,
         course=lambda: P.patch_sweep(model, clean, corrupt, pre, metric, **kw), limit=limit)
+    # With its defaults patch_sweep hands the metric every position's logits: the metric could read any
+    # of them, so every position a patch changes is unembedded, and the limit counts that.
+    every = sum(site_flops(cfg, l, "pre", p if not torch.equal(cc[pre[l]][:, p], kc[pre[l]][:, p]) else None, S,
+                           every_position=True) for l in range(L) for p in range(S))
     out["resid_pre_default"] = dict(
-        what="resid_pre, patch_sweep's defaults (logits at every position)", peer_name="(the row above)", peer=None,
-        course=lambda: P.patch_sweep(model, clean, corrupt, pre, metric, progress=False), limit=limit)
+        what="resid_pre, patch_sweep's defaults (the metric gets the logits at every position; so does the limit)",
+        peer_name="(the row above)", peer=None,
+        course=lambda: P.patch_sweep(model, clean, corrupt, pre, metric, progress=False), limit=every,
+        every_position=True)
 
     # resid_mid: TransformerLens's get_act_patch_resid_mid writes the bridge's hook_resid_mid, an alias
     # of ln2.hook_in (the MLP's input only); the residual stream itself is patched through hook_attn_out.
@@ -246,7 +257,7 @@ def build_sweeps(model, ps, metric, chosen, stride: int = 1):
         limit=limit)
 
     for v in out.values():
-        v["limit"] = len(ps) * v["limit"] + len(ps) * reference_flops(cfg, S)
+        v["limit"] = len(ps) * v["limit"] + len(ps) * reference_flops(cfg, S, v.get("every_position", False))
     return {k: out[k] for k in chosen}
 
 
@@ -311,7 +322,7 @@ def main() -> None:
 
     print()
     head = (f"{'sweep':<18} {'peer s':>8} {'course s':>9} {'ratio':>6} {'worst':>6} {'limit GF':>9} "
-            f"{'limit s':>8} {'/limit':>7} {'max|diff|':>9}")
+            f"{'limit s':>8} {'/limit':>7} {'ceiling':>8} {'max|diff|':>9}")
     print(head)
     worst_all, rows = [], []
     for name, sw in sweeps.items():
@@ -328,10 +339,12 @@ def main() -> None:
         limit_s = [sw["limit"] / rate for rate in tt["rate"]]
         to_limit = [c / l for c, l in zip(tt["course"], limit_s)]
         worst_all.append(min(ratios))
+        # The ratio a sweep running exactly at the FLOP limit (at the matmul rate) would reach.
+        ceiling = (statistics.median([p / l for p, l in zip(tt["peer"], limit_s)]) if tt["peer"] else float("nan"))
         print(f"{name:<18} {statistics.median(tt['peer']) if tt['peer'] else float('nan'):8.2f} "
               f"{statistics.median(tt['course']):9.2f} {statistics.median(ratios):5.1f}x {min(ratios):5.1f}x "
               f"{sw['limit'] / 1e9:9.1f} {statistics.median(limit_s):8.3f} {statistics.median(to_limit):6.1f}x "
-              f"{diff:9.1e}", flush=True)
+              f"{ceiling:7.1f}x {diff:9.1e}", flush=True)
         rows.append(name)
     print()
     for name, sw in sweeps.items():
@@ -340,7 +353,8 @@ def main() -> None:
     print(f"matmul (float32 2048x768 @ 768x3072): median {statistics.median(rates) / 1e9:.1f} GFLOP/s, "
           f"range {min(rates) / 1e9:.1f}-{max(rates) / 1e9:.1f} over the {len(rates)} timings")
     print("ratio: peer time / course time, median over rounds (worst: the smallest round); "
-          "/limit: course time / (FLOP limit at the same round's matmul rate)")
+          "/limit: course time / (FLOP limit at the same round's matmul rate); "
+          "ceiling: peer time / limit time, the ratio of a sweep that ran exactly at the limit")
     print("MB: peak extra memory (2^20 bytes) of one untimed run of each method, after the table (peer: the timed "
           "subset of sites)", flush=True)
     memory = {}

@@ -37,9 +37,12 @@ is patched at its own site. On top of that it
   position as it was (attention is causal), so those rows run positions
   ``p..`` only, attending to the target run's cached keys and values (the
   hooks of ``patching_fast_path.INCREMENTAL_HOOKS`` on GPT-2-structured
-  models), and
-* unembeds one site's rows at a time, so a pass never holds every row's
-  full-vocabulary logits.
+  models); there the two reference runs are computed from the model's
+  parameters too, the source run only from the first token where the
+  prompts differ, and with ``last_position_only`` the last block runs its
+  queries, output and MLP at the last position only, and
+* unembeds several sites' rows at once, up to ``LOGITS_BUDGET`` bytes of
+  logits, so a pass never holds every row's full-vocabulary logits.
 
 :func:`path_patch_sweep` does the same for path patching over many receiver
 sets.
@@ -87,9 +90,12 @@ from exercises_lib.patching_fast_path import (
     INCREMENTAL_HOOKS,
     Gpt2Weights,
     IncPatch,
+    REFERENCE_HOOKS,
     fast_path_agrees,
     forward_incremental,
+    forward_reference,
     forward_staggered,
+    hooks_attached,
     incremental_agrees,
     unembed,
 )
@@ -378,6 +384,30 @@ def _cache(
     return logits, out
 
 
+def _reference_runs(weights: Gpt2Weights, target: Tensor, source: Tensor, source_names, target_names,
+                    last_position_only: bool) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor]]:
+    """The target run's logits, the source run's activations of ``source_names`` and the target
+    run's of ``target_names``, from the model's parameters. The source run computes only the
+    positions from the first token where the prompts differ; the earlier ones are the target's."""
+    differ = (source != target).any(0).nonzero()
+    p0 = int(differ[0]) if len(differ) else target.shape[1]
+    wanted = set(target_names) | set(source_names)
+    if p0:
+        stop = max(hook_layer_of(n) for n in source_names) + 1
+        wanted |= {f"blocks.{l}.attn.hook_{c}" for l in range(stop) for c in "kv"}
+    logits, target_acts = forward_reference(weights, target, wanted, "last" if last_position_only else "all")
+    if p0 == target.shape[1]:  # the same prompts: the same run
+        source_acts = {n: target_acts[n] for n in source_names}
+    else:
+        _, source_acts = forward_reference(weights, source, source_names, None, shared=(p0, target_acts))
+    return logits, source_acts, target_acts
+
+
+def hook_layer_of(name: str) -> int:
+    """The block of a ``blocks.{l}.*`` hook name."""
+    return int(_BLOCK.match(name).group(1))
+
+
 @torch.no_grad()
 def patch_sweep(
     model,
@@ -434,13 +464,22 @@ def patch_sweep(
     final_name = f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"
     if any(s == model.cfg.n_layers for s in starts):
         resid_names.append(final_name)
-    incremental = bool(starts) and all(INCREMENTAL_HOOKS.match(h) for h in hook_names) and Gpt2Weights.usable(model)
+    incremental = (bool(starts) and all(INCREMENTAL_HOOKS.match(h) for h in hook_names)
+                   and Gpt2Weights.usable(model) and not hooks_attached(model))
+    if incremental:
+        weights = Gpt2Weights(model)
+        incremental = incremental_agrees(model, weights, target)
     kv_names = []
     if incremental:
         for layer in range(starts[0], model.cfg.n_layers):
             kv_names += [f"blocks.{layer}.attn.hook_k", f"blocks.{layer}.attn.hook_v"]
-    target_logits, target_acts = _cache(model, target, sorted(set(names) | set(resid_names) | set(kv_names)))
-    _, source_acts = _cache(model, source_tokens, names, logits_needed=False)
+    wanted = sorted(set(names) | set(resid_names) | set(kv_names))
+    if incremental:  # both reference runs from the model's parameters too
+        target_logits, source_acts, target_acts = _reference_runs(weights, target, source_tokens, names, wanted,
+                                                                  last_position_only)
+    else:
+        target_logits, target_acts = _cache(model, target, wanted)
+        _, source_acts = _cache(model, source_tokens, names, logits_needed=False)
     resid = {s: target_acts[f"blocks.{s}.hook_resid_pre"] for s in starts if s < model.cfg.n_layers}
     if model.cfg.n_layers in starts:
         resid[model.cfg.n_layers] = target_acts[final_name]
@@ -455,10 +494,8 @@ def patch_sweep(
         else:
             todo.append(i)
     if incremental:
-        weights = Gpt2Weights(model)
         keys = {l: target_acts[f"blocks.{l}.attn.hook_k"] for l in range(starts[0], model.cfg.n_layers)}
         values = {l: target_acts[f"blocks.{l}.attn.hook_v"] for l in range(starts[0], model.cfg.n_layers)}
-        incremental = incremental_agrees(model, weights, target, starts[0], resid[starts[0]], keys, values, target_logits)
     if incremental:
         first = {i: _first_change(sites[i], source_acts, target_acts) for i in todo}
         # Passes of one starting position each, earliest layer first within a pass.
@@ -491,26 +528,46 @@ def patch_sweep(
             x = forward_incremental(weights, row_starts, p0, resid, keys, values, rows_prompt, patches,
                                     last_position_only)
 
-            def logits_of(j):
-                part = unembed(weights, x[j * n_prompts : (j + 1) * n_prompts])
-                return part if last_position_only else torch.cat([target_logits[:, :p0].to(part.dtype), part], 1)
+            def logits_of(a, b, x=x, p0=p0):
+                part = unembed(weights, x[a * n_prompts : b * n_prompts])
+                if last_position_only:
+                    return part
+                return torch.cat([target_logits[:, :p0].to(part.dtype).repeat(b - a, 1, 1), part], 1)
         elif fast and row_starts[0] >= 0 and not unembed_hooked:
             # Each site's rows enter at its own layer (``todo`` is sorted by it).
             x = forward_staggered(model, row_starts, resid, rows_prompt, _fwd_hooks(ops, source_acts),
                                   last_position_only, unembed=False)
 
-            def logits_of(j):
-                return model.unembed(x[j * n_prompts : (j + 1) * n_prompts])
+            def logits_of(a, b, x=x):
+                return model.unembed(x[a * n_prompts : b * n_prompts])
         else:
             full = _forward_full(model, target[rows_prompt], _fwd_hooks(ops, source_acts), last_position_only)
 
-            def logits_of(j):
-                return full[j * n_prompts : (j + 1) * n_prompts]
-        # One site's logits at a time: the pass never holds every row's full-vocabulary logits.
-        for j, i in enumerate(chunk):
-            results[i] = _metric_tensor(metric(logits_of(j)))
+            def logits_of(a, b, full=full):
+                return full[a * n_prompts : b * n_prompts]
+        for j, logits in _site_logits(logits_of, len(chunk), n_prompts * (1 if last_position_only else seq),
+                                      model.cfg.d_vocab_out):
+            results[chunk[j]] = _metric_tensor(metric(logits))
     out = torch.stack([r.to(unpatched.device) for r in results])
     return out.reshape(*site_shape, *unpatched.shape)
+
+
+#: Bytes of logits one unembedding may hold: sites are unembedded together up to this
+#: size (one read of the unembedding matrix serves them all) and never all at once.
+LOGITS_BUDGET = 64 * 2**20
+
+
+def _site_logits(logits_of: Callable[[int, int], Tensor], n_sites: int, rows_per_site: int, vocab: int):
+    """``(j, logits of site j)`` for each of ``n_sites`` sites, unembedding as many sites at
+    once as fit in :data:`LOGITS_BUDGET`; ``logits_of(a, b)`` gives sites ``a..b-1``'s logits
+    stacked along the batch axis (``rows_per_site`` positions each)."""
+    per = max(1, LOGITS_BUDGET // (4 * rows_per_site * vocab))
+    for a in range(0, n_sites, per):
+        b = min(n_sites, a + per)
+        block = logits_of(a, b)
+        step = block.shape[0] // (b - a)
+        for j in range(a, b):
+            yield j, block[(j - a) * step : (j - a + 1) * step]
 
 
 def _first_change(site: _Site, source: dict[str, Tensor], target: dict[str, Tensor]) -> int:
@@ -771,8 +828,14 @@ def path_patch_sweep(
         names |= {f"blocks.{l}.attn.hook_k", f"blocks.{l}.attn.hook_v"}
     if first_layer < L:
         names.add(f"blocks.{first_layer}.hook_resid_pre")
-    target_logits, tgt = _cache(model, target, sorted(names))
-    _, src = _cache(model, source_tokens, [name], logits_needed=False)
+    weights = Gpt2Weights(model)
+    if hooks_attached(model) or not incremental_agrees(model, weights, target):
+        return one_by_one()
+    if REFERENCE_HOOKS.match(name):  # both reference runs from the model's parameters too
+        target_logits, src, tgt = _reference_runs(weights, target, source_tokens, [name], names, last_position_only)
+    else:
+        target_logits, tgt = _cache(model, target, sorted(names))
+        _, src = _cache(model, source_tokens, [name], logits_needed=False)
     if isinstance(sender, tuple):
         layer, head = sender
         delta = (src[name][:, :, head] - tgt[name][:, :, head]) @ model.W_O[layer, head]
@@ -787,17 +850,11 @@ def path_patch_sweep(
     if len(changed) == 0:  # the sender's output is the same in both runs: nothing changes
         return torch.stack([unpatched] * len(sets))
     p0 = int(changed[0])
-    weights = Gpt2Weights(model)
     kv_from = min(first_layer, L - 1)
     keys = {l: tgt[f"blocks.{l}.attn.hook_k"] for l in range(kv_from, L)}
     values = {l: tgt[f"blocks.{l}.attn.hook_v"] for l in range(kv_from, L)}
     resid = {l: tgt[f"blocks.{l}.hook_resid_pre"] for l in set(starts) | {first_layer} if l < L}
     resid[L] = tgt[f"blocks.{L - 1}.hook_resid_post"]
-    check_from = kv_from
-    check_resid = tgt.get(f"blocks.{check_from}.hook_resid_pre")
-    if check_resid is None or not incremental_agrees(model, weights, target, check_from, check_resid, keys, values,
-                                                     target_logits):
-        return one_by_one()
     order = sorted(range(len(sets)), key=lambda j: starts[j])
     per_pass = max(1, (4096 // max(1, seq - p0)) // n_prompts)
     chunks = [order[k : k + per_pass] for k in range(0, len(order), per_pass)]
@@ -814,9 +871,14 @@ def path_patch_sweep(
         row_starts = [starts[j] for j in chunk for _ in range(n_prompts)]
         rows_prompt = prompt_ids.repeat(len(chunk))
         x = forward_incremental(weights, row_starts, p0, resid, keys, values, rows_prompt, patches, last_position_only)
-        for k, j in enumerate(chunk):
-            part = unembed(weights, x[k * n_prompts : (k + 1) * n_prompts])
-            if not last_position_only:
-                part = torch.cat([target_logits[:, :p0].to(part.dtype), part], 1)
-            results[j] = _metric_tensor(metric(part))
+
+        def logits_of(a, b, x=x):
+            part = unembed(weights, x[a * n_prompts : b * n_prompts])
+            if last_position_only:
+                return part
+            return torch.cat([target_logits[:, :p0].to(part.dtype).repeat(b - a, 1, 1), part], 1)
+
+        for k, part in _site_logits(logits_of, len(chunk), n_prompts * (1 if last_position_only else seq),
+                                    model.cfg.d_vocab_out):
+            results[chunk[k]] = _metric_tensor(metric(part))
     return torch.stack(results)

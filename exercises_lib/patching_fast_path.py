@@ -28,8 +28,11 @@ release breaks it, so the fallback is never silently taken.
 
 The incremental path (:func:`forward_incremental`, below) goes further for
 the hooks it knows on GPT-2-structured bridges: it recomputes only the
-positions a patch can change, from the model's own parameters, and
-:func:`incremental_agrees` checks it against the model's logits once per model.
+positions a patch can change, from the model's own parameters, and runs the
+unpatched reference runs the same way (:func:`forward_reference`);
+:func:`incremental_agrees` checks both against the model's logits once per
+model, and neither is used while a hook is attached to the model (it would
+not run).
 
 Taught in: chapter 4 (the duality circuit), where batched patching is introduced.
 """
@@ -45,8 +48,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["forward_staggered", "fast_path_agrees", "forward_incremental", "incremental_agrees", "Gpt2Weights",
-           "IncPatch", "INCREMENTAL_HOOKS", "unembed"]
+__all__ = ["forward_staggered", "fast_path_agrees", "forward_incremental", "forward_reference", "incremental_agrees",
+           "hooks_attached", "Gpt2Weights", "IncPatch", "INCREMENTAL_HOOKS", "REFERENCE_HOOKS", "unembed"]
 
 
 def forward_staggered(
@@ -183,6 +186,8 @@ class Gpt2Weights:
             self.blocks.append(w)
         self.lnf = (params["transformer.ln_f._original_component.weight"],
                     params["transformer.ln_f._original_component.bias"])
+        self.W_E = params["transformer.wte._original_component.weight"]  # [vocab, d_model]
+        self.W_pos = params["transformer.wpe._original_component.weight"]  # [n_ctx, d_model]
         self.W_U = model.unembed.W_U  # [d_model, vocab]
         self.b_U = getattr(model.unembed, "b_U", None)
 
@@ -196,7 +201,8 @@ class Gpt2Weights:
         names = {n for n, _ in model.named_parameters()}
         want = [f"transformer.h.{l}._original_component.{n}" for l in range(cfg.n_layers)
                 for pair in cls._BLOCK.values() for n in pair]
-        want += ["transformer.ln_f._original_component.weight", "transformer.ln_f._original_component.bias"]
+        want += [f"transformer.{n}._original_component.{p}" for n, p in
+                 (("ln_f", "weight"), ("ln_f", "bias"), ("wte", "weight"), ("wpe", "weight"))]
         return all(n in names for n in want) and hasattr(model, "unembed")
 
 
@@ -239,6 +245,87 @@ def _added(x: Tensor, adds: list[IncPatch], p0: int) -> Tensor:
     return x
 
 
+def _from(patches: list[IncPatch], first: int) -> list[IncPatch]:
+    """The patches' entries at positions ``first..`` (those of every position kept whole)."""
+    kept = []
+    for pt in patches:
+        if pt.pos is None:
+            kept.append(pt)
+            continue
+        m = pt.pos >= first
+        if bool(m.all()):
+            kept.append(pt)
+        elif bool(m.any()):
+            kept.append(IncPatch(pt.layer, pt.kind, pt.rows[m], pt.prompts[m], pt.pos[m],
+                                 None if pt.head is None else pt.head[m], pt.src))
+    return kept
+
+
+def _block(w: dict, x: Tensor, p0: int, past_k: Tensor | None, past_v: Tensor | None, sites: dict,
+           layer: int, n_heads: int, eps: float, capture: dict | None = None, keep_from: int = 0) -> Tensor:
+    """One GPT-2 block on positions ``p0..`` of ``x`` (``[rows, n, d_model]``, patched in place).
+
+    ``past_k``/``past_v``: the keys and values of positions ``0..p0-1`` (``[rows, p0, head, d_head]``;
+    None when ``p0`` is 0); ``sites``: the patches, by ``(layer, kind)``; ``capture``: where to
+    record the block's activations under their hook names (``attn.hook_k``, ``hook_mlp_out``...).
+    ``keep_from``: the block's output is wanted at local positions ``keep_from..`` only (the
+    last block, when only the last position is unembedded); keys and values are still computed
+    at every position, the rest of the block at those positions only.
+    """
+    R, n, d = x.shape
+    dh = d // n_heads
+
+    def keep(kind: str, value: Tensor) -> None:
+        if capture is not None:
+            capture[f"blocks.{layer}.{kind}"] = value
+
+    cut = p0 + keep_from
+
+    def here(kind: str) -> list[IncPatch]:
+        found = sites.get((layer, kind), [])
+        return _from(found, cut) if keep_from and found else found
+
+    _apply(x, sites.get((layer, "hook_resid_pre"), []), p0)
+    keep("hook_resid_pre", x)
+    h = _ln(_added(x, sites.get((layer, "ln1_in"), []), p0), w["ln1"], eps)
+    k, v = (torch.addmm(w[c][1], h.reshape(R * n, d), w[c][0]).reshape(R, n, n_heads, dh) for c in ("k", "v"))
+    if keep_from:
+        x, h, p0, n = x[:, keep_from:], h[:, keep_from:], p0 + keep_from, n - keep_from
+    q = torch.addmm(w["q"][1], h.reshape(R * n, d), w["q"][0]).reshape(R, n, n_heads, dh)
+    keep("attn.hook_k", k)
+    keep("attn.hook_v", v)
+    if past_k is not None:
+        k, v = torch.cat([past_k, k], 1), torch.cat([past_v, v], 1)  # [R, S, H, dh]
+    S = k.shape[1]
+    allowed = torch.arange(S, device=x.device)[None, :] <= torch.arange(S - n, S, device=x.device)[:, None]
+    z = torch.nn.functional.scaled_dot_product_attention(
+        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=allowed,
+        scale=1.0 / math.sqrt(dh)).transpose(1, 2)  # [R, n, H, dh]
+    zp = here("attn.hook_z")
+    if zp or capture is not None:
+        z = _apply(z.contiguous(), zp, p0)
+    keep("attn.hook_z", z)
+    attn_out = torch.addmm(w["o"][1], z.reshape(R * n, d), w["o"][0]).reshape(R, n, d)
+    _apply(attn_out, here("hook_attn_out"), p0)
+    for pt in here("hook_resid_mid"):  # the residual stream itself: attn_out = mid - pre
+        if pt.pos is None:
+            attn_out[pt.rows] = pt.src[pt.prompts, p0:].to(x.dtype) - x[pt.rows]
+        else:
+            attn_out[pt.rows, pt.pos - p0] = pt.src[pt.prompts, pt.pos].to(x.dtype) - x[pt.rows, pt.pos - p0]
+    keep("hook_attn_out", attn_out)
+    x = x + attn_out
+    keep("hook_resid_mid", x)
+    h = _ln(_added(x, here("ln2_in"), p0), w["ln2"], eps)
+    pre = torch.addmm(w["fc"][1], h.reshape(R * n, d), w["fc"][0])
+    mlp_out = torch.addmm(w["proj"][1], _gelu_new(pre), w["proj"][0]).reshape(R, n, d)
+    _apply(mlp_out, here("hook_mlp_out"), p0)
+    keep("hook_mlp_out", mlp_out)
+    x = x + mlp_out
+    _apply(x, here("hook_resid_post"), p0)
+    keep("hook_resid_post", x)
+    return x
+
+
 def forward_incremental(
     weights: Gpt2Weights,
     row_starts: list[int],
@@ -258,78 +345,126 @@ def forward_incremental(
     at positions before ``p0``. Returns ``[rows, seq - p0, d_model]`` (the
     last position only: ``[rows, 1, d_model]``), ready for the unembedding.
     """
-    n_layers, H, dh, eps = weights.n_layers, weights.n_heads, weights.d_head, weights.eps
+    n_layers = weights.n_layers
     counts = torch.bincount(torch.as_tensor(row_starts), minlength=n_layers + 1).tolist()
     by_site: dict[tuple[int, str], list[IncPatch]] = {}
     for pt in patches:
         by_site.setdefault((pt.layer, pt.kind), []).append(pt)
-    x, joined = None, 0
+    x, joined, first = None, 0, p0  # x holds positions first..
     for layer in range(row_starts[0], n_layers + 1):
         if counts[layer]:
-            new = resid[layer][rows_prompt[joined : joined + counts[layer]], p0:]
+            new = resid[layer][rows_prompt[joined : joined + counts[layer]], first:]
             x = new if x is None else torch.cat([x, new])
             joined += counts[layer]
         if layer == n_layers:
             break
-        w = weights.blocks[layer]
-        R, n, d = x.shape
-        _apply(x, by_site.get((layer, "hook_resid_pre"), []), p0)
-        h = _ln(_added(x, by_site.get((layer, "ln1_in"), []), p0), w["ln1"], eps).reshape(R * n, d)
-        q, k, v = (torch.addmm(w[c][1], h, w[c][0]).reshape(R, n, H, dh) for c in ("q", "k", "v"))
-        prompts = rows_prompt[:R]
-        k = torch.cat([keys[layer][prompts, :p0], k], 1)  # [R, S, H, dh]
-        v = torch.cat([values[layer][prompts, :p0], v], 1)
-        S = k.shape[1]
-        allowed = torch.arange(S, device=x.device)[None, :] <= torch.arange(p0, S, device=x.device)[:, None]
-        z = torch.nn.functional.scaled_dot_product_attention(
-            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=allowed,
-            scale=1.0 / math.sqrt(dh)).transpose(1, 2)  # [R, n, H, dh]
-        zp = by_site.get((layer, "attn.hook_z"), [])
-        if zp:
-            z = _apply(z.contiguous(), zp, p0)
-        attn_out = torch.addmm(w["o"][1], z.reshape(R * n, d), w["o"][0]).reshape(R, n, d)
-        _apply(attn_out, by_site.get((layer, "hook_attn_out"), []), p0)
-        for pt in by_site.get((layer, "hook_resid_mid"), []):  # the residual stream itself: attn_out = mid - pre
-            if pt.pos is None:
-                attn_out[pt.rows] = pt.src[pt.prompts, p0:].to(x.dtype) - x[pt.rows]
-            else:
-                attn_out[pt.rows, pt.pos - p0] = pt.src[pt.prompts, pt.pos].to(x.dtype) - x[pt.rows, pt.pos - p0]
-        x = x + attn_out
-        h = _ln(_added(x, by_site.get((layer, "ln2_in"), []), p0), w["ln2"], eps)
-        pre = torch.addmm(w["fc"][1], h.reshape(R * n, d), w["fc"][0])
-        mlp_out = torch.addmm(w["proj"][1], _gelu_new(pre), w["proj"][0]).reshape(R, n, d)
-        _apply(mlp_out, by_site.get((layer, "hook_mlp_out"), []), p0)
-        x = x + mlp_out
-        _apply(x, by_site.get((layer, "hook_resid_post"), []), p0)
-    x = _added(x, by_site.get((n_layers, "lnf_in"), []), p0)
-    return _ln(x[:, -1:] if last_position_only else x, weights.lnf, eps)
+        prompts = rows_prompt[: x.shape[0]]
+        past_k = keys[layer][prompts, :p0] if p0 else None
+        past_v = values[layer][prompts, :p0] if p0 else None
+        trim = x.shape[1] - 1 if last_position_only and layer == n_layers - 1 else 0
+        x = _block(weights.blocks[layer], x, p0, past_k, past_v, by_site, layer, weights.n_heads, weights.eps,
+                   keep_from=trim)
+        first += trim
+    x = _added(x, by_site.get((n_layers, "lnf_in"), []), first)
+    return _ln(x[:, -1:] if last_position_only else x, weights.lnf, weights.eps)
+
+
+#: The hook names :func:`forward_reference` records: ``blocks.{l}.<kind>``.
+REFERENCE_HOOKS = re.compile(
+    r"^blocks\.(\d+)\.(hook_resid_pre|hook_resid_mid|hook_attn_out|hook_mlp_out|hook_resid_post|"
+    r"attn\.hook_z|attn\.hook_k|attn\.hook_v)$"
+)
+
+
+def forward_reference(weights: Gpt2Weights, tokens: Tensor, names, logits: str | None,
+                      shared: tuple[int, dict[str, Tensor]] | None = None) -> tuple[Tensor | None, dict[str, Tensor]]:
+    """An unpatched run of ``tokens`` (``[batch, seq]``) from the model's own parameters.
+
+    Returns the logits (``logits``: ``"all"`` positions, ``"last"`` position only, or None:
+    the run then stops after the last block a name needs) and the activations of ``names``
+    (each matching :data:`REFERENCE_HOOKS`), as the bridge's ``run_with_cache`` records them.
+
+    ``shared = (p0, acts)``: ``acts`` holds another run's activations (``names`` and every
+    block's keys and values) on tokens equal to ``tokens`` before position ``p0``. Causal
+    attention makes those positions the same in both runs, so they are taken from ``acts``
+    and only positions ``p0..`` are computed (``logits`` must then be None).
+    """
+    wanted = set(names)
+    layers = [int(REFERENCE_HOOKS.match(n).group(1)) for n in wanted]
+    stop = weights.n_layers if logits is not None else (max(layers) + 1 if layers else 0)
+    p0, past = shared if shared is not None else (0, {})
+    if p0 and logits is not None:
+        raise ValueError("a run sharing its first positions with another returns no logits")
+    x = weights.W_E[tokens[:, p0:]] + weights.W_pos[p0 : tokens.shape[1]]
+    record: dict[str, Tensor] = {}
+    # The last block's output is unembedded at the last position only: unless a name needs that
+    # block's later activations, the rest of the block runs there only.
+    last = weights.n_layers - 1
+    trim = logits == "last" and all(not n.startswith(f"blocks.{last}.") or
+                                    n.endswith(("hook_resid_pre", "attn.hook_k", "attn.hook_v")) for n in wanted)
+    for layer in range(stop):
+        kv = [past[f"blocks.{layer}.attn.hook_{c}"][:, :p0] for c in "kv"] if p0 else [None, None]
+        x = _block(weights.blocks[layer], x, p0, *kv, {}, layer, weights.n_heads, weights.eps, record,
+                   keep_from=x.shape[1] - 1 if trim and layer == last else 0)
+    acts = {n: torch.cat([past[n][:, :p0], record[n]], 1) if p0 else record[n] for n in wanted}
+    if logits is None:
+        return None, acts
+    x = _ln(x[:, -1:] if logits == "last" else x, weights.lnf, weights.eps)
+    return unembed(weights, x), acts
+
+
+#: Columns of the unembedding computed at a time on the CPU: a block of logits small enough to
+#: stay in the cache while it is written makes the product about 1.5x faster than whole rows.
+UNEMBED_COLUMNS = 2048
 
 
 def unembed(weights: Gpt2Weights, x: Tensor) -> Tensor:
-    """Logits of the final LayerNorm's output ``x``."""
-    logits = x @ weights.W_U
-    return logits if weights.b_U is None else logits + weights.b_U
+    """Logits of the final LayerNorm's output ``x`` (``[..., d_model]``)."""
+    W_U, b_U = weights.W_U, weights.b_U
+    if x.device.type != "cpu":
+        logits = x @ W_U
+        return logits if b_U is None else logits + b_U
+    flat = x.reshape(-1, x.shape[-1])
+    out = torch.empty(flat.shape[0], W_U.shape[1], dtype=torch.result_type(flat, W_U), device=x.device)
+    for a in range(0, W_U.shape[1], UNEMBED_COLUMNS):
+        b = min(a + UNEMBED_COLUMNS, W_U.shape[1])
+        if b_U is None:
+            torch.mm(flat, W_U[:, a:b], out=out[:, a:b])
+        else:
+            torch.addmm(b_U[a:b], flat, W_U[:, a:b], out=out[:, a:b])
+    return out.reshape(*x.shape[:-1], W_U.shape[1])
 
 
-#: Per model object: whether the incremental path reproduces its forward pass.
+def hooks_attached(model) -> bool:
+    """Whether any hook is attached to the model (the direct path would not run it)."""
+    return any(getattr(hp, "fwd_hooks", None) for hp in getattr(model, "hook_dict", {}).values())
+
+
+#: Per model object: whether the direct path reproduces its forward pass.
 _INC_AGREES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
-def incremental_agrees(model, weights: Gpt2Weights, target: Tensor, start: int, resid_start: Tensor,
-                       keys: dict[int, Tensor], values: dict[int, Tensor], logits: Tensor) -> bool:
-    """Whether the incremental path, started at block ``start`` (from ``resid_start``, the
-    target run's stream there) at the middle position, reproduces ``logits`` (the model's own
-    logits on ``target``) at the positions it recomputes; checked once per model."""
+def incremental_agrees(model, weights: Gpt2Weights, tokens: Tensor) -> bool:
+    """Whether the direct path reproduces the model: a reference run of ``tokens`` from the
+    model's own parameters (:func:`forward_reference`) gives the model's logits, and resuming
+    it at the middle block and position from its keys and values (:func:`forward_incremental`)
+    gives them again; checked once per model, on its first sweep's prompts."""
     if model in _INC_AGREES:
         return _INC_AGREES[model]
-    seq = target.shape[1]
-    p0 = seq // 2
-    rows = torch.arange(target.shape[0], device=target.device)
+    n, seq = tokens.shape
+    start, p0 = weights.n_layers // 2, seq // 2
+    names = [f"blocks.{start}.hook_resid_pre"]
+    names += [f"blocks.{l}.attn.hook_{kv}" for l in range(start, weights.n_layers) for kv in "kv"]
+    rows = torch.arange(n, device=tokens.device)
     try:
-        x = forward_incremental(weights, [start] * len(rows), p0, {start: resid_start}, keys, values, rows, [], False)
-        again = unembed(weights, x)
+        logits = model(tokens)
         tol = 1e-3 * max(1.0, float(logits.abs().max()))
-        ok = bool((again - logits[:, p0:]).abs().max() <= tol)
+        direct, acts = forward_reference(weights, tokens, names, "all")
+        keys = {l: acts[f"blocks.{l}.attn.hook_k"] for l in range(start, weights.n_layers)}
+        values = {l: acts[f"blocks.{l}.attn.hook_v"] for l in range(start, weights.n_layers)}
+        x = forward_incremental(weights, [start] * n, p0, {start: acts[names[0]]}, keys, values, rows, [], False)
+        resumed = unembed(weights, x)
+        ok = bool((direct - logits).abs().max() <= tol) and bool((resumed - logits[:, p0:]).abs().max() <= tol)
     except Exception:  # any mismatch of structure: not this path
         ok = False
     _INC_AGREES[model] = ok

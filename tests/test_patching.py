@@ -87,6 +87,46 @@ def test_staggered_pass_equals_loop(setup):
     assert float((looped[:, 0] - looped[:, 1]).abs().max()) > 1e-2 or float(looped.std()) > 1e-2
 
 
+def test_last_block_sites_with_the_last_position_only(setup):
+    """With ``last_position_only`` the last block runs its queries, output and MLP at the last
+    position only: patches of that block at earlier positions (which cannot reach the metric there,
+    except through keys and values) and at the last position give the loop's numbers."""
+    model, ps, metric = setup
+    last = model.cfg.n_layers - 1
+    hooks = [f"blocks.{last}.hook_resid_pre", f"blocks.{last}.hook_resid_mid", f"blocks.{last}.hook_mlp_out",
+             f"blocks.{last}.hook_resid_post", f"blocks.{last - 1}.hook_resid_post"]
+    kw = dict(positions=[ps.dual_pos, ps.seq_len - 2, ps.seq_len - 1], progress=False, last_position_only=True)
+    looped = P.patch_loop(model, ps.clean_tokens, ps.corrupt_tokens, hooks, metric, **kw)
+    batched = P.patch_sweep(model, ps.clean_tokens, ps.corrupt_tokens, hooks, metric, **kw)
+    _close(batched, looped)
+    heads = dict(kw, heads=True)
+    _close(P.patch_sweep(model, ps.clean_tokens, ps.corrupt_tokens, [f"blocks.{last}.attn.hook_z"], metric, **heads),
+           P.patch_loop(model, ps.clean_tokens, ps.corrupt_tokens, [f"blocks.{last}.attn.hook_z"], metric, **heads))
+    # Not constant: the last position's own patches move the metric, the earlier ones of the
+    # last block's outputs cannot.
+    assert float((looped[:, 2] - looped[:, 0]).abs().max()) > 1e-2
+
+
+def test_a_hook_attached_to_the_model_is_honoured(setup):
+    """A hook the caller attached (here: head 9.1 ablated) runs in every pass of the sweep: the
+    direct path, which would not run it, stands aside."""
+    model, ps, metric = setup
+    hooks = ["blocks.3.hook_resid_pre", "blocks.8.hook_mlp_out"]
+    kw = dict(positions=[ps.dual_pos, ps.seq_len - 1], progress=False, last_position_only=True)
+
+    def ablate(z, hook):
+        z = z.clone()
+        z[:, :, 1] = 0.0
+        return z
+
+    plain = P.patch_sweep(model, ps.clean_tokens, ps.corrupt_tokens, hooks, metric, **kw)
+    with model.hooks(fwd_hooks=[("blocks.9.attn.hook_z", ablate)]):
+        hooked = P.patch_sweep(model, ps.clean_tokens, ps.corrupt_tokens, hooks, metric, **kw)
+        looped = P.patch_loop(model, ps.clean_tokens, ps.corrupt_tokens, hooks, metric, **kw)
+    assert float((hooked - plain).abs().max()) > 1e-3  # the ablation changes the numbers
+    _close(hooked, looped)
+
+
 def test_the_fast_path_holds_for_this_transformer_lens(setup):
     """What exercises_lib.patching_fast_path relies on in the bridge: blocks run one by one from a cached
     residual stream (rows joining at different blocks) give the model's logits, and hooks fire inside
