@@ -24,6 +24,12 @@ def model(gpt2_standin):
     return gpt2_standin
 
 
+@pytest.fixture(scope="module")
+def attn_only(attn_only_standin):
+    """The model chapter 3's checks are written for."""
+    return attn_only_standin
+
+
 def _logits(model):
     with torch.no_grad():
         return model(model.to_tokens(PROMPT))
@@ -85,10 +91,10 @@ def test_replaced_parameter_is_put_back(model):
     torch.testing.assert_close(_logits(model), before, rtol=0, atol=0)
 
 
-def test_hook_left_attached_is_reported_and_removed(model):
+def test_hook_left_attached_is_reported_and_removed(attn_only):
     """A clean_vs_ablated that adds its hook with model.add_hook and never removes it."""
-    assert _hook_count(model) == 0
-    before = _logits(model)
+    assert _hook_count(attn_only) == 0
+    before = _logits(attn_only)
 
     def clean_vs_ablated(model, tokens, answers, layer, head):
         hook = functools.partial(polysemantic.bos_ablation_hook, head=head, dest_positions=tokens.shape[1] - 1)
@@ -101,15 +107,15 @@ def test_hook_left_attached_is_reported_and_removed(model):
             out[i] = torch.stack([(logits.argmax(-1) == answers).float().mean(), p.mean()])
         return out
 
-    result = run_check("polysemantic.clean_vs_ablated", clean_vs_ablated, model=model)
+    result = run_check("polysemantic.clean_vs_ablated", clean_vs_ablated, model=attn_only)
     assert not result.passed
     assert "left hooks attached" in result.message and "blocks.1.attn.hook_pattern" in result.message, result.message
     assert "run_with_hooks" in result.message
-    assert _hook_count(model) == 0
-    torch.testing.assert_close(_logits(model), before, rtol=0, atol=0)
+    assert _hook_count(attn_only) == 0
+    torch.testing.assert_close(_logits(attn_only), before, rtol=0, atol=0)
 
 
-def test_hook_tied_to_one_length_does_not_break_the_next_check(model, capsys):
+def test_hook_tied_to_one_length_does_not_break_the_next_check(attn_only, capsys):
     """A hook left behind that only works for one sequence length: the next check still runs."""
 
     def clean_vs_ablated(model, tokens, answers, layer, head):
@@ -122,21 +128,21 @@ def test_hook_tied_to_one_length_does_not_break_the_next_check(model, capsys):
         model.add_hook(f"blocks.{layer}.attn.hook_pattern", hook)
         return polysemantic.clean_vs_ablated(model, tokens, answers, layer, head)
 
-    first = check("polysemantic.clean_vs_ablated", clean_vs_ablated, model=model)
-    assert not first.passed and _hook_count(model) == 0
-    second = check("polysemantic.ablation_sweep", polysemantic.ablation_sweep, model=model)
+    first = check("polysemantic.clean_vs_ablated", clean_vs_ablated, model=attn_only)
+    assert not first.passed and _hook_count(attn_only) == 0
+    second = check("polysemantic.ablation_sweep", polysemantic.ablation_sweep, model=attn_only)
     out = capsys.readouterr().out
     assert second.passed, out
     assert "Please report this" not in out
 
 
-def test_hooks_left_by_an_earlier_cell_are_removed_before_the_check(model, capsys):
-    model.add_hook("blocks.0.attn.hook_pattern", lambda pattern, hook: pattern * 0)
-    result = check("polysemantic.clean_vs_ablated", polysemantic.clean_vs_ablated, model=model)
+def test_hooks_left_by_an_earlier_cell_are_removed_before_the_check(attn_only, capsys):
+    attn_only.add_hook("blocks.0.attn.hook_pattern", lambda pattern, hook: pattern * 0)
+    result = check("polysemantic.clean_vs_ablated", polysemantic.clean_vs_ablated, model=attn_only)
     out = capsys.readouterr().out
     assert result.passed, out
     assert "hooks attached before this check ran" in out and "blocks.0.attn.hook_pattern" in out
-    assert _hook_count(model) == 0
+    assert _hook_count(attn_only) == 0
 
 
 def test_student_gets_copies_of_its_inputs_and_the_diagnosis_sees_the_originals(monkeypatch):
