@@ -488,14 +488,18 @@ def neuron_pre_vs_copy_distance(
     model, neuron: int, distances: Sequence[int | None], position: int = 500, n_samples: int = 16, seed: int = 0
 ) -> Float[Tensor, "distance"]:
     """Mean pre-activation of ``neuron`` at the last position, for each distance to its single copy
-    (None: no copy). Runs the model (layer 0 only): a progress bar shows the distances done."""
+    (None: no copy). Runs the model (layer 0 only; on a GPT-2 bridge from its own parameters, the
+    MLP at the last position only): a progress bar shows the distances done."""
+    from exercises_lib.patching_fast_path import mlp_pre_at
     from exercises_lib.progress import progress
 
     out = []
     for k, d in progress(list(enumerate(distances)), "distances", unit="distance"):
         seqs = single_copy_sequences(model, position, d, n_samples, seed + k)
-        cache = run_layer0(model, seqs)
-        out.append(cache[f"blocks.{LAYER}.mlp.hook_pre"][:, position, neuron].mean())
+        pre = mlp_pre_at(model, seqs, LAYER, position)
+        if pre is None:
+            pre = run_layer0(model, seqs)[f"blocks.{LAYER}.mlp.hook_pre"][:, position]
+        out.append(pre[:, neuron].mean())
     return torch.stack(out).cpu()
 
 

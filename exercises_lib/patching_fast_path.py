@@ -49,7 +49,7 @@ import torch
 from torch import Tensor
 
 __all__ = ["forward_staggered", "fast_path_agrees", "forward_incremental", "forward_reference", "incremental_agrees",
-           "hooks_attached", "Gpt2Weights", "IncPatch", "INCREMENTAL_HOOKS", "REFERENCE_HOOKS", "unembed"]
+           "hooks_attached", "mlp_pre_at", "Gpt2Weights", "IncPatch", "INCREMENTAL_HOOKS", "REFERENCE_HOOKS", "unembed"]
 
 
 def forward_staggered(
@@ -317,6 +317,7 @@ def _block(w: dict, x: Tensor, p0: int, past_k: Tensor | None, past_v: Tensor | 
     keep("hook_resid_mid", x)
     h = _ln(_added(x, here("ln2_in"), p0), w["ln2"], eps)
     pre = torch.addmm(w["fc"][1], h.reshape(R * n, d), w["fc"][0])
+    keep("mlp.hook_pre", pre.reshape(R, n, -1))
     mlp_out = torch.addmm(w["proj"][1], _gelu_new(pre), w["proj"][0]).reshape(R, n, d)
     _apply(mlp_out, here("hook_mlp_out"), p0)
     keep("hook_mlp_out", mlp_out)
@@ -433,6 +434,28 @@ def unembed(weights: Gpt2Weights, x: Tensor) -> Tensor:
         else:
             torch.addmm(b_U[a:b], flat, W_U[:, a:b], out=out[:, a:b])
     return out.reshape(*x.shape[:-1], W_U.shape[1])
+
+
+@torch.no_grad()
+def mlp_pre_at(model, tokens: Tensor, layer: int, position: int) -> Tensor | None:
+    """``blocks.{layer}.mlp.hook_pre`` at one position (``[batch, d_mlp]``) from the model's own
+    parameters: the blocks before ``layer`` at positions ``0..position``, then block ``layer``'s keys
+    and values there and the rest of it at ``position`` only (the later positions cannot reach it).
+    None where this path does not serve the model (not a GPT-2 bridge, a hook attached, or its logits
+    not reproduced: :func:`incremental_agrees`); the caller then runs the model itself."""
+    if not Gpt2Weights.usable(model) or hooks_attached(model):
+        return None
+    weights = Gpt2Weights(model)
+    if not incremental_agrees(model, weights, tokens[:1, : min(tokens.shape[1], 64)]):
+        return None
+    tokens = tokens[:, : position + 1]
+    x = weights.W_E[tokens] + weights.W_pos[: tokens.shape[1]]
+    for lay in range(layer):
+        x = _block(weights.blocks[lay], x, 0, None, None, {}, lay, weights.n_heads, weights.eps)
+    record: dict[str, Tensor] = {}
+    _block(weights.blocks[layer], x, 0, None, None, {}, layer, weights.n_heads, weights.eps, record,
+           keep_from=position)
+    return record[f"blocks.{layer}.mlp.hook_pre"][:, -1]
 
 
 def hooks_attached(model) -> bool:

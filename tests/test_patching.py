@@ -216,3 +216,21 @@ def test_hook_helpers(gpt2_standin):
     assert P.hook_layer(gpt2_standin, "blocks.7.attn.hook_z") == 7
     assert P.hook_layer(gpt2_standin, "hook_embed") == -1
     assert P.hook_layer(gpt2_standin, "ln_final.hook_scale") == gpt2_standin.cfg.n_layers
+
+
+def test_mlp_pre_at_one_position_is_the_models(setup):
+    """The direct layer-0 reading chapter 1's copy-distance curves use: the MLP's pre-activation at one
+    position equals the model's own (the bridge's cache); with a hook attached it stands aside."""
+    from exercises_lib.duplicate_tokens import run_layer0, single_copy_sequences
+    from exercises_lib.patching_fast_path import mlp_pre_at
+
+    model, _, _ = setup
+    seqs = single_copy_sequences(model, 120, 40, 3, 0)
+    want = run_layer0(model, seqs)["blocks.0.mlp.hook_pre"][:, 120]
+    got = mlp_pre_at(model, seqs, 0, 120)
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    deeper = mlp_pre_at(model, seqs, 2, 100)
+    _, cache = model.run_with_cache(seqs, names_filter=lambda n: n == "blocks.2.mlp.hook_pre")
+    torch.testing.assert_close(deeper, cache["blocks.2.mlp.hook_pre"][:, 100], atol=1e-4, rtol=1e-4)
+    with model.hooks(fwd_hooks=[("blocks.0.hook_mlp_out", lambda act, hook: act)]):
+        assert mlp_pre_at(model, seqs, 0, 120) is None
