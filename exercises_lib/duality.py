@@ -548,27 +548,36 @@ def plot_pair_generalisation(
 
 
 @torch.no_grad()
-def _single_prompt_analysis(model, text: str, correct: int, incorrect: int):
-    tokens = model.to_tokens(text)
+def _prompt_analyses(model, texts: Sequence[str], correct: Sequence[int], incorrect: Sequence[int]
+                     ) -> tuple[Float[Tensor, "component prompt"], Float[Tensor, "layer head prompt"], Float[Tensor, "prompt"]]:
+    """Logit lens, per-head DLA and logit difference of each prompt, for prompts of one length in tokens
+    (one batched forward pass)."""
+    tokens = model.to_tokens(list(texts))
     logits, cache = model.run_with_cache(tokens)
-    c, i = torch.tensor([correct]), torch.tensor([incorrect])
+    c, i = torch.tensor(list(correct)), torch.tensor(list(incorrect))
     directions = logit_diff_directions(model, c, i)
-    lens = logit_lens_logit_diff(cache, directions)[:, 0]
-    dla = head_logit_attribution(cache, directions)[..., 0]
-    return lens, dla, float(logit_diff(logits, c, i)[0])
+    return logit_lens_logit_diff(cache, directions), head_logit_attribution(cache, directions), logit_diff(logits, c, i)
 
 
 def duality_explorer(model, templates: Sequence[str] | None = None, pairs: Sequence[tuple[str, str]] = DUAL_PAIRS):
     """Widget: choose a template, a dual pair and which word comes first; see the
     logit lens and the per-head DLA of that prompt's logit difference.
 
-    Each change runs the model once. The figures are drawn once before the
-    widget is returned (display it as a cell's last value), so it renders
-    statically too.
+    Every prompt the controls can make (template x pair x word order) is run
+    through the model here, once: one batched forward pass per prompt length
+    (a few seconds in all on a CPU, with a progress bar), and its logit lens,
+    DLA and logit difference are kept, so a change only draws two figures.
+    The figures are drawn once before the widget is returned (display it as a
+    cell's last value), so it renders statically too. The box has
+    ``box.update(pair, template, first)`` (what a change of any control runs;
+    the controls' values: the pair's index, the template, ``"first word"`` or
+    ``"second word"``) and ``box.analyses``: ``{(pair, template, first): (lens,
+    dla, logit difference)}``.
     """
     import ipywidgets as widgets
 
     from exercises_lib.plotting import imshow, line
+    from exercises_lib.progress import progress
 
     templates = list(templates or (LEFT_RIGHT_TEMPLATES[:2] + PAIR_TEMPLATES))
     pair_w = widgets.Dropdown(options=[(f"{a.strip()} / {b.strip()}", k) for k, (a, b) in enumerate(pairs)],
@@ -578,11 +587,27 @@ def duality_explorer(model, templates: Sequence[str] | None = None, pairs: Seque
     out = widgets.Output()
     labels = resid_labels(model.cfg.n_layers)
 
-    def update(*_):
-        a, b = pairs[pair_w.value]
-        word, answer = (a, b) if first_w.value == "first word" else (b, a)
-        text = template_w.value.format(word.strip())
-        lens, dla, ld = _single_prompt_analysis(model, text, _single_token(model, answer), _single_token(model, word))
+    def prompt(pair: int, template: str, first: str) -> tuple[str, str, str]:
+        """``(text, word, answer)`` of the prompt the controls make."""
+        a, b = pairs[pair]
+        word, answer = (a, b) if first == "first word" else (b, a)
+        return template.format(word.strip()), word, answer
+
+    prompts = {(k, t, f): prompt(k, t, f) for t in templates for k in range(len(pairs)) for f in first_w.options}
+    by_length: dict[int, list] = {}
+    for key, (text, _, _) in prompts.items():
+        by_length.setdefault(model.to_tokens(text).shape[1], []).append(key)
+    analyses = {}
+    for keys in progress(list(by_length.values()), "the explorer's prompts through the model", unit="length"):
+        lens, dla, ld = _prompt_analyses(
+            model, [prompts[k][0] for k in keys], [_single_token(model, prompts[k][2]) for k in keys],
+            [_single_token(model, prompts[k][1]) for k in keys])
+        for j, key in enumerate(keys):
+            analyses[key] = (lens[:, j], dla[..., j], float(ld[j]))
+
+    def update(pair: int, template: str, first: str) -> None:
+        text, word, answer = prompts[pair, template, first]
+        lens, dla, ld = analyses[pair, template, first]
         out.clear_output(wait=True)
         with out:
             heading = f"'{text}' -> '{answer.strip()}' vs '{word.strip()}': logit difference {ld:.2f}"
@@ -591,10 +616,16 @@ def duality_explorer(model, templates: Sequence[str] | None = None, pairs: Seque
             imshow(dla, model=model, title="Direct logit attribution per head",
                    labels={"x": "head", "y": "layer", "color": "logit diff"}, height=330)
 
+    def on_change(_) -> None:
+        update(pair_w.value, template_w.value, first_w.value)
+
     for w in (pair_w, template_w, first_w):
-        w.observe(update, names="value")
-    update()
-    return widgets.VBox([widgets.HBox([pair_w, template_w]), first_w, out])
+        w.observe(on_change, names="value")
+    on_change(None)
+    box = widgets.VBox([widgets.HBox([pair_w, template_w]), first_w, out])
+    box.update = update
+    box.analyses = analyses
+    return box
 
 
 # ---------------------------------------------------------------------------

@@ -532,7 +532,9 @@ def duplicate_neuron_explorer(
     duplicate head and its predicted pre-activation against the distance to a single earlier copy.
 
     Weights only (instant). Returns the ipywidgets box; its figure is drawn once
-    before it is returned, so it renders statically too.
+    before it is returned, so it renders statically too. The box has
+    ``box.update(neuron, position)`` (what a change of either control runs) and
+    ``box.figure(neuron, position)`` (the figure without widgets).
     """
     import ipywidgets as widgets
     import plotly.graph_objects as go
@@ -572,6 +574,7 @@ def duplicate_neuron_explorer(
 
     box = widgets.VBox([widgets.HBox([neuron_w, pos_w]), out])
     box.figure = figure  # for tests and static use
+    box.update = update
     widgets.interactive_output(update, {"neuron": neuron_w, "position": pos_w})
     update(neuron_w.value, pos_w.value)
     return box

@@ -323,7 +323,9 @@ def direction_explorer(experiments: dict[str, dict[str, Tensor]], model):
     component each; NaN = not patched). Views: either direction, or their
     difference ``denoise - noise`` (about +1 for an OR input, -1 for an AND
     input, 0 for a site that carries the effect alone or does nothing). Drawn
-    once before it is returned, so it renders statically too.
+    once before it is returned, so it renders statically too. The box has
+    ``box.update(experiment, view)`` (what a change of either control runs; the
+    controls' values: an experiment's name, a view's label).
     """
     import ipywidgets as widgets
 
@@ -331,26 +333,30 @@ def direction_explorer(experiments: dict[str, dict[str, Tensor]], model):
 
     names = list(experiments)
     exp_w = widgets.Dropdown(options=names, value=names[0], description="experiment")
-    view_w = widgets.ToggleButtons(
-        options=["denoise (clean → corrupt)", "noise (corrupt → clean)", "denoise − noise"], description="view"
-    )
+    views = ["denoise (clean → corrupt)", "noise (corrupt → clean)", "denoise − noise"]
+    view_w = widgets.ToggleButtons(options=views, description="view")
     out = widgets.Output()
 
-    def update(*_):
-        e = experiments[exp_w.value]
-        if view_w.index == 0:
+    def update(experiment: str, view: str) -> None:
+        e = experiments[experiment]
+        if view == views[0]:
             values = e["denoise"]
-        elif view_w.index == 1:
+        elif view == views[1]:
             values = e["noise"]
         else:
             values = e["denoise"] - e["noise"]
         out.clear_output(wait=True)
         with out:
             imshow(values, model=model, zmin=-1, zmax=1, height=380,
-                   title=f"{exp_w.value}: {view_w.value} (blank rows: layers not patched)",
+                   title=f"{experiment}: {view} (blank rows: layers not patched)",
                    labels={"x": "head", "y": "layer", "color": "effect"})
 
-    exp_w.observe(update, names="value")
-    view_w.observe(update, names="value")
-    update()
-    return widgets.VBox([exp_w, view_w, out])
+    def on_change(_) -> None:
+        update(exp_w.value, view_w.value)
+
+    exp_w.observe(on_change, names="value")
+    view_w.observe(on_change, names="value")
+    on_change(None)
+    box = widgets.VBox([exp_w, view_w, out])
+    box.update = update
+    return box

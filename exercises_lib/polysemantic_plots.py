@@ -148,7 +148,8 @@ def head_explorer(model, layer: int, head: int, code: str = DEFAULT_CODE, positi
 
     Returns the ipywidgets box; its figure is drawn once before it is
     returned, so it renders statically too (``box.figure(code, position)``
-    gives the figure without widgets).
+    gives the figure without widgets; ``box.update(code, position)`` is what a
+    change of either control runs).
     """
     import ipywidgets as widgets
     from IPython.display import display
@@ -169,6 +170,7 @@ def head_explorer(model, layer: int, head: int, code: str = DEFAULT_CODE, positi
 
     box = widgets.VBox([text, pos, out])
     box.figure = figure
+    box.update = update
     widgets.interactive_output(update, {"code": text, "position": pos})
     update(text.value, pos.value)
     return box

@@ -173,4 +173,34 @@ def test_explorer_builds(gpt2_standin):
     box = D.duality_explorer(gpt2_standin)
     assert isinstance(box, widgets.VBox) and isinstance(box.children[-1], widgets.Output)
     pair_dropdown = box.children[0].children[0]
-    pair_dropdown.value = 3  # me / you: the update runs the model again without error
+    pair_dropdown.value = 3  # me / you: the update draws that prompt's figures without error
+
+
+def test_explorer_shows_each_prompts_own_analysis(gpt2_standin, monkeypatch):
+    """The explorer runs every prompt at once, batched by length, when it is built; a change shows the
+    chosen prompt's logit lens, DLA and logit difference, equal to a forward pass of that prompt alone."""
+    from exercises_lib import plotting
+
+    shown = []
+    monkeypatch.setattr(plotting, "line", lambda y, **kw: shown.append(("lens", y, kw["title"])))
+    monkeypatch.setattr(plotting, "imshow", lambda z, **kw: shown.append(("dla", z, kw["title"])))
+    templates = [D.LEFT_RIGHT_TEMPLATES[0], D.PAIR_TEMPLATES[1]]  # prompts of two lengths
+    box = D.duality_explorer(gpt2_standin, templates=templates)
+    assert len(box.analyses) == len(D.DUAL_PAIRS) * len(templates) * 2
+    for pair, template, first in [(3, templates[0], "second word"), (0, templates[1], "first word"),
+                                  (5, templates[1], "second word")]:
+        a, b = D.DUAL_PAIRS[pair]
+        word, answer = (a, b) if first == "first word" else (b, a)
+        text = template.format(word.strip())
+        tokens = gpt2_standin.to_tokens(text)
+        logits, cache = gpt2_standin.run_with_cache(tokens)
+        c = torch.tensor([gpt2_standin.to_single_token(answer)])
+        i = torch.tensor([gpt2_standin.to_single_token(word)])
+        directions = D.logit_diff_directions(gpt2_standin, c, i)
+        shown.clear()
+        box.update(pair, template, first)
+        (_, lens, lens_title), (_, dla, _) = shown
+        torch.testing.assert_close(lens, D.logit_lens_logit_diff(cache, directions)[:, 0], atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(dla, D.head_logit_attribution(cache, directions)[..., 0], atol=1e-4, rtol=1e-4)
+        ld = float(D.logit_diff(logits, c, i)[0])
+        assert f"'{text}' -> '{answer.strip()}' vs '{word.strip()}': logit difference {ld:.2f}" in lens_title
