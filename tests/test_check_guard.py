@@ -172,3 +172,28 @@ def test_clone_inputs_copies_tensors_in_containers():
     copied["a"][0].add_(1)
     copied["a"][1][0].add_(1)
     assert x.sum() == 0 and copied["p"] is p and copied["s"] == "text"
+
+
+def test_guard_folders_of_killed_processes_are_removed(tmp_path, monkeypatch):
+    """A kernel killed at shutdown cannot remove its folder of kept copies (hundreds of MB); the next
+    process that makes one removes the folders whose process is gone, and only those."""
+    import os
+    import subprocess
+    import sys
+    import tempfile
+
+    finished = subprocess.Popen([sys.executable, "-c", "pass"])
+    finished.wait()
+    dead = tmp_path / f"mechinterp-guard-{finished.pid}-abc123"
+    live = tmp_path / f"mechinterp-guard-{os.getppid()}-def456"
+    unnamed = tmp_path / "mechinterp-guard-x8f3iq7j"  # no process id in the name
+    other = tmp_path / "something-else"
+    for folder in (dead, live, unnamed, other):
+        folder.mkdir()
+        (folder / "copy.safetensors").write_bytes(b"0" * 1024)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(_guard, "_FOLDER", None)
+    mine = _guard._folder()
+    assert mine.parent == tmp_path and mine.name.startswith(f"mechinterp-guard-{os.getpid()}-")
+    assert not dead.exists() and not unnamed.exists()
+    assert live.exists() and other.exists() and mine.exists()

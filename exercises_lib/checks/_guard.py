@@ -54,12 +54,43 @@ def _kept(p: torch.Tensor) -> list | None:
     return entry if entry is not None and entry[0]() is p else None
 
 
+_PREFIX = "mechinterp-guard-"
+
+
 def _folder() -> Path:
+    """This process's folder of kept copies, ``<tmp>/mechinterp-guard-<pid>-<random>``, removed at exit.
+
+    A process that is killed (a kernel shut down with SIGKILL) cannot remove its folder, so creating
+    one first removes the folders of processes that no longer exist."""
     global _FOLDER
     if _FOLDER is None:
-        _FOLDER = Path(tempfile.mkdtemp(prefix="mechinterp-guard-"))
+        _remove_orphans(Path(tempfile.gettempdir()))
+        _FOLDER = Path(tempfile.mkdtemp(prefix=f"{_PREFIX}{os.getpid()}-"))
         atexit.register(shutil.rmtree, _FOLDER, True)
     return _FOLDER
+
+
+def _remove_orphans(tmp: Path) -> list[Path]:
+    """Remove the guard folders in ``tmp`` whose process is gone (and the older ones named without a
+    process id); the folders removed."""
+    removed = []
+    for folder in tmp.glob(f"{_PREFIX}*"):
+        pid = folder.name[len(_PREFIX):].split("-", 1)[0]
+        if pid.isdigit() and _alive(int(pid)):
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        removed.append(folder)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def _forget(key: int) -> None:
