@@ -392,20 +392,14 @@ def _reference_runs(weights: Gpt2Weights, target: Tensor, source: Tensor, source
     differ = (source != target).any(0).nonzero()
     p0 = int(differ[0]) if len(differ) else target.shape[1]
     wanted = set(target_names) | set(source_names)
-    if p0:
-        stop = max(hook_layer_of(n) for n in source_names) + 1
-        wanted |= {f"blocks.{l}.attn.hook_{c}" for l in range(stop) for c in "kv"}
+    if p0:  # the source run attends to the target run's keys and values (recorded anyway)
+        wanted |= {f"blocks.{l}.attn.hook_{c}" for l in range(weights.n_layers) for c in "kv"}
     logits, target_acts = forward_reference(weights, target, wanted, "last" if last_position_only else "all")
     if p0 == target.shape[1]:  # the same prompts: the same run
         source_acts = {n: target_acts[n] for n in source_names}
     else:
         _, source_acts = forward_reference(weights, source, source_names, None, shared=(p0, target_acts))
     return logits, source_acts, target_acts
-
-
-def hook_layer_of(name: str) -> int:
-    """The block of a ``blocks.{l}.*`` hook name."""
-    return int(_BLOCK.match(name).group(1))
 
 
 @torch.no_grad()
@@ -529,10 +523,7 @@ def patch_sweep(
                                     last_position_only)
 
             def logits_of(a, b, x=x, p0=p0):
-                part = unembed(weights, x[a * n_prompts : b * n_prompts])
-                if last_position_only:
-                    return part
-                return torch.cat([target_logits[:, :p0].to(part.dtype).repeat(b - a, 1, 1), part], 1)
+                return _rows_logits(weights, x, a, b, n_prompts, target_logits, p0, last_position_only)
         elif fast and row_starts[0] >= 0 and not unembed_hooked:
             # Each site's rows enter at its own layer (``todo`` is sorted by it).
             x = forward_staggered(model, row_starts, resid, rows_prompt, _fwd_hooks(ops, source_acts),
@@ -568,6 +559,17 @@ def _site_logits(logits_of: Callable[[int, int], Tensor], n_sites: int, rows_per
         step = block.shape[0] // (b - a)
         for j in range(a, b):
             yield j, block[(j - a) * step : (j - a + 1) * step]
+
+
+def _rows_logits(weights: Gpt2Weights, x: Tensor, a: int, b: int, n_prompts: int, target_logits: Tensor, p0: int,
+                 last_position_only: bool) -> Tensor:
+    """Logits of sites ``a..b-1`` of an incremental pass (``x``: its final LayerNorm's output,
+    ``n_prompts`` rows per site); with every position, the positions before ``p0`` are the
+    target run's."""
+    part = unembed(weights, x[a * n_prompts : b * n_prompts])
+    if last_position_only:
+        return part
+    return torch.cat([target_logits[:, :p0].to(part.dtype).repeat(b - a, 1, 1), part], 1)
 
 
 def _first_change(site: _Site, source: dict[str, Tensor], target: dict[str, Tensor]) -> int:
@@ -873,10 +875,7 @@ def path_patch_sweep(
         x = forward_incremental(weights, row_starts, p0, resid, keys, values, rows_prompt, patches, last_position_only)
 
         def logits_of(a, b, x=x):
-            part = unembed(weights, x[a * n_prompts : b * n_prompts])
-            if last_position_only:
-                return part
-            return torch.cat([target_logits[:, :p0].to(part.dtype).repeat(b - a, 1, 1), part], 1)
+            return _rows_logits(weights, x, a, b, n_prompts, target_logits, p0, last_position_only)
 
         for k, part in _site_logits(logits_of, len(chunk), n_prompts * (1 if last_position_only else seq),
                                     model.cfg.d_vocab_out):

@@ -373,17 +373,24 @@ def forward_incremental(
 #: The hook names :func:`forward_reference` records: ``blocks.{l}.<kind>``.
 REFERENCE_HOOKS = re.compile(
     r"^blocks\.(\d+)\.(hook_resid_pre|hook_resid_mid|hook_attn_out|hook_mlp_out|hook_resid_post|"
-    r"attn\.hook_z|attn\.hook_k|attn\.hook_v)$"
+    r"attn\.hook_z|attn\.hook_k|attn\.hook_v|mlp\.hook_pre)$"
 )
 
 
 def forward_reference(weights: Gpt2Weights, tokens: Tensor, names, logits: str | None,
-                      shared: tuple[int, dict[str, Tensor]] | None = None) -> tuple[Tensor | None, dict[str, Tensor]]:
+                      shared: tuple[int, dict[str, Tensor]] | None = None, last_position: bool = False
+                      ) -> tuple[Tensor | None, dict[str, Tensor]]:
     """An unpatched run of ``tokens`` (``[batch, seq]``) from the model's own parameters.
 
     Returns the logits (``logits``: ``"all"`` positions, ``"last"`` position only, or None:
     the run then stops after the last block a name needs) and the activations of ``names``
     (each matching :data:`REFERENCE_HOOKS`), as the bridge's ``run_with_cache`` records them.
+
+    The last block computed runs its queries, attention output and MLP at the last position
+    only (its keys and values at every position) where nothing else is read: with
+    ``logits="last"`` unless a name needs that block's other activations, and with
+    ``last_position=True``, where the caller promises to read that block's activations past
+    its keys and values at the last position only (they then hold that position alone).
 
     ``shared = (p0, acts)``: ``acts`` holds another run's activations (``names`` and every
     block's keys and values) on tokens equal to ``tokens`` before position ``p0``. Causal
@@ -398,11 +405,10 @@ def forward_reference(weights: Gpt2Weights, tokens: Tensor, names, logits: str |
         raise ValueError("a run sharing its first positions with another returns no logits")
     x = weights.W_E[tokens[:, p0:]] + weights.W_pos[p0 : tokens.shape[1]]
     record: dict[str, Tensor] = {}
-    # The last block's output is unembedded at the last position only: unless a name needs that
-    # block's later activations, the rest of the block runs there only.
-    last = weights.n_layers - 1
-    trim = logits == "last" and all(not n.startswith(f"blocks.{last}.") or
-                                    n.endswith(("hook_resid_pre", "attn.hook_k", "attn.hook_v")) for n in wanted)
+    last = stop - 1
+    trim = last_position or logits == "last" and all(
+        not n.startswith(f"blocks.{last}.") or n.endswith(("hook_resid_pre", "attn.hook_k", "attn.hook_v"))
+        for n in wanted)
     for layer in range(stop):
         kv = [past[f"blocks.{layer}.attn.hook_{c}"][:, :p0] for c in "kv"] if p0 else [None, None]
         x = _block(weights.blocks[layer], x, p0, *kv, {}, layer, weights.n_heads, weights.eps, record,
@@ -448,14 +454,9 @@ def mlp_pre_at(model, tokens: Tensor, layer: int, position: int) -> Tensor | Non
     weights = Gpt2Weights(model)
     if not incremental_agrees(model, weights, tokens[:1, : min(tokens.shape[1], 64)]):
         return None
-    tokens = tokens[:, : position + 1]
-    x = weights.W_E[tokens] + weights.W_pos[: tokens.shape[1]]
-    for lay in range(layer):
-        x = _block(weights.blocks[lay], x, 0, None, None, {}, lay, weights.n_heads, weights.eps)
-    record: dict[str, Tensor] = {}
-    _block(weights.blocks[layer], x, 0, None, None, {}, layer, weights.n_heads, weights.eps, record,
-           keep_from=position)
-    return record[f"blocks.{layer}.mlp.hook_pre"][:, -1]
+    name = f"blocks.{layer}.mlp.hook_pre"
+    _, acts = forward_reference(weights, tokens[:, : position + 1], [name], None, last_position=True)
+    return acts[name][:, -1]
 
 
 def hooks_attached(model) -> bool:
