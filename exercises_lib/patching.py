@@ -93,7 +93,7 @@ from exercises_lib.patching_fast_path import (
     REFERENCE_HOOKS,
     fast_path_agrees,
     forward_incremental,
-    forward_reference,
+    forward_pair,
     forward_staggered,
     hooks_attached,
     incremental_agrees,
@@ -385,21 +385,19 @@ def _cache(
 
 
 def _reference_runs(weights: Gpt2Weights, target: Tensor, source: Tensor, source_names, target_names,
-                    last_position_only: bool) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor]]:
+                    last_position_only: bool
+                    ) -> tuple[Tensor | None, Tensor | None, dict[str, Tensor], dict[str, Tensor]]:
     """The target run's logits, the source run's activations of ``source_names`` and the target
-    run's of ``target_names``, from the model's parameters. The source run computes only the
-    positions from the first token where the prompts differ; the earlier ones are the target's."""
-    differ = (source != target).any(0).nonzero()
-    p0 = int(differ[0]) if len(differ) else target.shape[1]
-    wanted = set(target_names) | set(source_names)
-    if p0:  # the source run attends to the target run's keys and values (recorded anyway)
-        wanted |= {f"blocks.{l}.attn.hook_{c}" for l in range(weights.n_layers) for c in "kv"}
-    logits, target_acts = forward_reference(weights, target, wanted, "last" if last_position_only else "all")
-    if p0 == target.shape[1]:  # the same prompts: the same run
-        source_acts = {n: target_acts[n] for n in source_names}
-    else:
-        _, source_acts = forward_reference(weights, source, source_names, None, shared=(p0, target_acts))
-    return logits, source_acts, target_acts
+    run's of ``target_names``, from the model's parameters, both runs together
+    (:func:`~exercises_lib.patching_fast_path.forward_pair`). With ``last_position_only`` the
+    logits are None and the target's final LayerNorm output is returned instead (second value),
+    for the caller to unembed with its first sites' rows (one read of the unembedding matrix)
+    or not at all."""
+    out, target_acts, source_acts = forward_pair(weights, target, target_names,
+                                                 "final" if last_position_only else "all", source, source_names)
+    if last_position_only:
+        return None, out, source_acts, target_acts
+    return out, None, source_acts, target_acts
 
 
 @torch.no_grad()
@@ -453,24 +451,35 @@ def patch_sweep(
     target, source_tokens = _prepare(model, clean_tokens, corrupt_tokens, direction)
     n_prompts, seq = target.shape
     names = _needed_names(hook_names)
-    starts = sorted({hook_layer(model, h) for h in hook_names if hook_layer(model, h) >= 0})
-    resid_names = [f"blocks.{s}.hook_resid_pre" for s in starts if s < model.cfg.n_layers]
-    final_name = f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"
-    if any(s == model.cfg.n_layers for s in starts):
-        resid_names.append(final_name)
-    incremental = (bool(starts) and all(INCREMENTAL_HOOKS.match(h) for h in hook_names)
+    incremental = (any(hook_layer(model, h) >= 0 for h in hook_names)
+                   and all(INCREMENTAL_HOOKS.match(h) for h in hook_names)
                    and Gpt2Weights.usable(model) and not hooks_attached(model))
     if incremental:
         weights = Gpt2Weights(model)
         incremental = incremental_agrees(model, weights, target)
+
+    def start_of(hook: str) -> int:
+        """The block a site's rows enter: the next one for a block's output (the incremental pass
+        patches the residual stream entering it), the hook's own otherwise."""
+        return hook_layer(model, hook) + bool(incremental and _AFTER_BLOCK.match(hook))
+
+    starts = sorted({start_of(h) for h in hook_names if hook_layer(model, h) >= 0})
+    resid_names = [f"blocks.{s}.hook_resid_pre" for s in starts if s < model.cfg.n_layers]
+    final_name = f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"
+    if any(s == model.cfg.n_layers for s in starts):
+        resid_names.append(final_name)
+    if incremental:  # an MLP's output joins the residual stream after its attention
+        resid_names += [f"blocks.{hook_layer(model, h)}.hook_resid_mid" for h in hook_names
+                        if h.endswith("hook_mlp_out")]
     kv_names = []
     if incremental:
         for layer in range(starts[0], model.cfg.n_layers):
             kv_names += [f"blocks.{layer}.attn.hook_k", f"blocks.{layer}.attn.hook_v"]
     wanted = sorted(set(names) | set(resid_names) | set(kv_names))
+    target_final = None  # the target's final LayerNorm output, unembedded with the first pass's sites
     if incremental:  # both reference runs from the model's parameters too
-        target_logits, source_acts, target_acts = _reference_runs(weights, target, source_tokens, names, wanted,
-                                                                  last_position_only)
+        target_logits, target_final, source_acts, target_acts = _reference_runs(
+            weights, target, source_tokens, names, wanted, last_position_only)
     else:
         target_logits, target_acts = _cache(model, target, wanted)
         _, source_acts = _cache(model, source_tokens, names, logits_needed=False)
@@ -478,22 +487,19 @@ def patch_sweep(
     if model.cfg.n_layers in starts:
         resid[model.cfg.n_layers] = target_acts[final_name]
 
-    unpatched = _metric_tensor(metric(target_logits[:, -1:] if last_position_only else target_logits))
+    unpatched = None if target_final is not None else _unpatched(metric, target_logits, last_position_only)
     sites, site_shape = _sites(hook_names, positions, heads, seq, _n_heads_of(source_acts))
     results: list[Tensor | None] = [None] * len(sites)
-    todo = []
+    todo, same = [], []
     for i, site in enumerate(sites):
-        if skip_identical and _identical(site, source_acts, target_acts):
-            results[i] = unpatched
-        else:
-            todo.append(i)
+        (same if skip_identical and _identical(site, source_acts, target_acts) else todo).append(i)
     if incremental:
         keys = {l: target_acts[f"blocks.{l}.attn.hook_k"] for l in range(starts[0], model.cfg.n_layers)}
         values = {l: target_acts[f"blocks.{l}.attn.hook_v"] for l in range(starts[0], model.cfg.n_layers)}
     if incremental:
         first = {i: _first_change(sites[i], source_acts, target_acts) for i in todo}
         # Passes of one starting position each, earliest layer first within a pass.
-        todo.sort(key=lambda i: (first[i], hook_layer(model, sites[i].hook)))
+        todo.sort(key=lambda i: (first[i], start_of(sites[i].hook)))
         groups = [[i for i in todo if first[i] == p] for p in sorted(set(first.values()))]
     else:
         todo.sort(key=lambda i: hook_layer(model, sites[i].hook))
@@ -505,6 +511,7 @@ def patch_sweep(
         width = seq - first[group[0]] if incremental else seq
         per_pass = max(1, (batch_size or max(n_prompts, budget // width)) // n_prompts)
         chunks += [group[k : k + per_pass] for k in range(0, len(group), per_pass)]
+    entering: dict[str, Tensor] = {}  # residual streams patched block outputs give the next block
     bar = _progress(chunks, progress and len(chunks) > 1, "patching")
     prompt_ids = torch.arange(n_prompts)
     unembed_hooked = any(h.startswith("unembed") for h in hook_names)
@@ -515,12 +522,14 @@ def patch_sweep(
             entries.append((sites[i], rows, prompt_ids))
         ops = _group_ops(entries, target.device)
         rows_prompt = prompt_ids.repeat(len(chunk)).to(target.device)
-        row_starts = [hook_layer(model, sites[i].hook) for i in chunk for _ in range(n_prompts)]
+        row_starts = [start_of(sites[i].hook) for i in chunk for _ in range(n_prompts)]
+        ids = list(chunk)
         if incremental:
             p0 = first[chunk[0]]
-            patches = [_inc_patch(op, source_acts) for op in ops]
+            patches = [_inc_patch(op, source_acts, target_acts, entering) for op in ops]
             x = forward_incremental(weights, row_starts, p0, resid, keys, values, rows_prompt, patches,
                                     last_position_only)
+            x, ids = _with_target(x, ids, target_final, unpatched is None)
 
             def logits_of(a, b, x=x, p0=p0):
                 return _rows_logits(weights, x, a, b, n_prompts, target_logits, p0, last_position_only)
@@ -536,9 +545,17 @@ def patch_sweep(
 
             def logits_of(a, b, full=full):
                 return full[a * n_prompts : b * n_prompts]
-        for j, logits in _site_logits(logits_of, len(chunk), n_prompts * (1 if last_position_only else seq),
+        for j, logits in _site_logits(logits_of, len(ids), n_prompts * (1 if last_position_only else seq),
                                       model.cfg.d_vocab_out):
-            results[chunk[j]] = _metric_tensor(metric(logits))
+            value = _metric_tensor(metric(logits))
+            if ids[j] is None:
+                unpatched = value
+            else:
+                results[ids[j]] = value
+    if unpatched is None:  # no pass ran
+        unpatched = _metric_tensor(metric(unembed(weights, target_final)))
+    for i in same:
+        results[i] = unpatched
     out = torch.stack([r.to(unpatched.device) for r in results])
     return out.reshape(*site_shape, *unpatched.shape)
 
@@ -559,6 +576,18 @@ def _site_logits(logits_of: Callable[[int, int], Tensor], n_sites: int, rows_per
         step = block.shape[0] // (b - a)
         for j in range(a, b):
             yield j, block[(j - a) * step : (j - a + 1) * step]
+
+
+def _unpatched(metric: Metric, target_logits: Tensor, last_position_only: bool) -> Tensor:
+    return _metric_tensor(metric(target_logits[:, -1:] if last_position_only else target_logits))
+
+
+def _with_target(x: Tensor, ids: list, target_final: Tensor | None, first: bool) -> tuple[Tensor, list]:
+    """An incremental pass's final rows and their sites' ids; the first pass also carries the target
+    run's last-position rows in front (id None), so one read of the unembedding serves both."""
+    if target_final is None or not first:
+        return x, ids
+    return torch.cat([target_final.to(x.dtype), x]), [None] + ids
 
 
 def _rows_logits(weights: Gpt2Weights, x: Tensor, a: int, b: int, n_prompts: int, target_logits: Tensor, p0: int,
@@ -584,10 +613,24 @@ def _first_change(site: _Site, source: dict[str, Tensor], target: dict[str, Tens
     return int(differ[0]) if len(differ) else src.shape[1] - 1
 
 
-def _inc_patch(op: _Op, source: dict[str, Tensor]) -> IncPatch:
+#: Block outputs: a patch of one is a patch of the residual stream entering the next block.
+_AFTER_BLOCK = re.compile(r"^blocks\.(\d+)\.(hook_mlp_out|hook_resid_post)$")
+
+
+def _inc_patch(op: _Op, source: dict[str, Tensor], target: dict[str, Tensor], entering: dict[str, Tensor]
+               ) -> IncPatch:
+    """The incremental pass's patch for ``op``. A block's output (``hook_resid_post``, or
+    ``hook_mlp_out``: the target's ``hook_resid_mid`` plus the source's MLP output, as the block
+    adds them) becomes the residual stream entering the next block, so the rows skip the block
+    itself; ``entering`` keeps each such stream, computed once per sweep."""
     m = INCREMENTAL_HOOKS.match(op.hook)
-    return IncPatch(int(m.group(1)), m.group(2), op.rows, op.prompts, op.pos, op.head,
-                    _canonical(source[op.hook], op.hook))
+    layer, kind = int(m.group(1)), m.group(2)
+    if _AFTER_BLOCK.match(op.hook):
+        if op.hook not in entering:
+            src = source[op.hook]
+            entering[op.hook] = target[f"blocks.{layer}.hook_resid_mid"] + src if kind == "hook_mlp_out" else src
+        return IncPatch(layer + 1, "hook_resid_pre", op.rows, op.prompts, op.pos, op.head, entering[op.hook])
+    return IncPatch(layer, kind, op.rows, op.prompts, op.pos, op.head, _canonical(source[op.hook], op.hook))
 
 
 def _identical(site: _Site, source: dict[str, Tensor], target: dict[str, Tensor]) -> bool:
@@ -833,8 +876,10 @@ def path_patch_sweep(
     weights = Gpt2Weights(model)
     if hooks_attached(model) or not incremental_agrees(model, weights, target):
         return one_by_one()
+    target_final = None  # the target's final LayerNorm output: unembedded only if nothing changes
     if REFERENCE_HOOKS.match(name):  # both reference runs from the model's parameters too
-        target_logits, src, tgt = _reference_runs(weights, target, source_tokens, [name], names, last_position_only)
+        target_logits, target_final, src, tgt = _reference_runs(weights, target, source_tokens, [name], names,
+                                                                last_position_only)
     else:
         target_logits, tgt = _cache(model, target, sorted(names))
         _, src = _cache(model, source_tokens, [name], logits_needed=False)
@@ -847,10 +892,11 @@ def path_patch_sweep(
         keep = torch.zeros(seq, dtype=torch.bool, device=delta.device)
         keep[list(receiver_positions)] = True
         delta = delta * keep[None, :, None]
-    unpatched = _metric_tensor(metric(target_logits[:, -1:] if last_position_only else target_logits))
     changed = (delta != 0).any(-1).any(0).nonzero()
     if len(changed) == 0:  # the sender's output is the same in both runs: nothing changes
-        return torch.stack([unpatched] * len(sets))
+        if target_final is not None:
+            return torch.stack([_metric_tensor(metric(unembed(weights, target_final)))] * len(sets))
+        return torch.stack([_unpatched(metric, target_logits, last_position_only)] * len(sets))
     p0 = int(changed[0])
     kv_from = min(first_layer, L - 1)
     keys = {l: tgt[f"blocks.{l}.attn.hook_k"] for l in range(kv_from, L)}

@@ -29,7 +29,8 @@ release breaks it, so the fallback is never silently taken.
 The incremental path (:func:`forward_incremental`, below) goes further for
 the hooks it knows on GPT-2-structured bridges: it recomputes only the
 positions a patch can change, from the model's own parameters, and runs the
-unpatched reference runs the same way (:func:`forward_reference`);
+unpatched reference runs the same way, both together (:func:`forward_pair`;
+a block multiplies all the rows it runs by each weight in one product);
 :func:`incremental_agrees` checks both against the model's logits once per
 model, and neither is used while a hook is attached to the model (it would
 not run).
@@ -43,13 +44,14 @@ import math
 import re
 import warnings
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
-__all__ = ["forward_staggered", "fast_path_agrees", "forward_incremental", "forward_reference", "incremental_agrees",
-           "hooks_attached", "mlp_pre_at", "Gpt2Weights", "IncPatch", "INCREMENTAL_HOOKS", "REFERENCE_HOOKS", "unembed"]
+__all__ = ["forward_staggered", "fast_path_agrees", "forward_incremental", "forward_reference", "forward_pair",
+           "incremental_agrees", "hooks_attached", "mlp_pre_at", "Gpt2Weights", "IncPatch", "INCREMENTAL_HOOKS",
+           "REFERENCE_HOOKS", "unembed"]
 
 
 def forward_staggered(
@@ -261,70 +263,108 @@ def _from(patches: list[IncPatch], first: int) -> list[IncPatch]:
     return kept
 
 
-def _block(w: dict, x: Tensor, p0: int, past_k: Tensor | None, past_v: Tensor | None, sites: dict,
-           layer: int, n_heads: int, eps: float, capture: dict | None = None, keep_from: int = 0) -> Tensor:
-    """One GPT-2 block on positions ``p0..`` of ``x`` (``[rows, n, d_model]``, patched in place).
+@dataclass
+class _Rows:
+    """Rows one block runs together with others: positions ``p0..`` of ``x`` (``[rows, n, d_model]``).
 
-    ``past_k``/``past_v``: the keys and values of positions ``0..p0-1`` (``[rows, p0, head, d_head]``;
-    None when ``p0`` is 0); ``sites``: the patches, by ``(layer, kind)``; ``capture``: where to
-    record the block's activations under their hook names (``attn.hook_k``, ``hook_mlp_out``...).
-    ``keep_from``: the block's output is wanted at local positions ``keep_from..`` only (the
-    last block, when only the last position is unembedded); keys and values are still computed
-    at every position, the rest of the block at those positions only.
+    ``past``: the keys and values of positions ``0..p0-1`` (``[rows, p0, head, d_head]``), or
+    None: none (``p0`` 0), or, with ``past_from`` set, those of an earlier group of the same
+    block (same prompts, from position 0), taken once that group's keys are computed.
+    ``sites``: the patches, by ``(layer, kind)``; ``capture``: where to record the block's
+    activations under their hook names. ``keep_from``: the block's output is wanted at local
+    positions ``keep_from..`` only; keys and values are still computed at every position.
     """
-    R, n, d = x.shape
+
+    x: Tensor
+    p0: int = 0
+    past: tuple[Tensor, Tensor] | None = None
+    sites: dict = field(default_factory=dict)
+    capture: dict | None = None
+    keep_from: int = 0
+    past_from: int | None = None
+
+
+def _block(w: dict, groups: list[_Rows], layer: int, n_heads: int, eps: float) -> list[Tensor]:
+    """One GPT-2 block on several groups of rows (each patched in place); returns each group's output.
+
+    Every weight multiplies all groups' tokens in one product (a taller matrix runs nearer the
+    machine's matmul rate than several short ones); LayerNorms, attention and patches are the
+    groups' own.
+    """
+    d = groups[0].x.shape[-1]
     dh = d // n_heads
 
-    def keep(kind: str, value: Tensor) -> None:
-        if capture is not None:
-            capture[f"blocks.{layer}.{kind}"] = value
+    def product(name: str, parts: list[Tensor]) -> Tensor:  # [tokens of every part, out]
+        flat = torch.cat([p.reshape(-1, p.shape[-1]) for p in parts]) if len(parts) > 1 else \
+            parts[0].reshape(-1, parts[0].shape[-1])
+        return torch.addmm(w[name][1], flat, w[name][0])
 
-    cut = p0 + keep_from
+    def split(flat: Tensor, like: list[Tensor], *tail: int) -> list[Tensor]:
+        sizes = [t.shape[0] * t.shape[1] for t in like]
+        return [p.view(t.shape[0], t.shape[1], *tail) for p, t in zip(flat.split(sizes), like)]
 
-    def here(kind: str) -> list[IncPatch]:
-        found = sites.get((layer, kind), [])
-        return _from(found, cut) if keep_from and found else found
+    def keep(g: _Rows, kind: str, value: Tensor) -> None:
+        if g.capture is not None:
+            g.capture[f"blocks.{layer}.{kind}"] = value
 
-    _apply(x, sites.get((layer, "hook_resid_pre"), []), p0)
-    keep("hook_resid_pre", x)
-    h = _ln(_added(x, sites.get((layer, "ln1_in"), []), p0), w["ln1"], eps)
-    k, v = (torch.addmm(w[c][1], h.reshape(R * n, d), w[c][0]).reshape(R, n, n_heads, dh) for c in ("k", "v"))
-    if keep_from:
-        x, h, p0, n = x[:, keep_from:], h[:, keep_from:], p0 + keep_from, n - keep_from
-    q = torch.addmm(w["q"][1], h.reshape(R * n, d), w["q"][0]).reshape(R, n, n_heads, dh)
-    keep("attn.hook_k", k)
-    keep("attn.hook_v", v)
-    if past_k is not None:
-        k, v = torch.cat([past_k, k], 1), torch.cat([past_v, v], 1)  # [R, S, H, dh]
-    S = k.shape[1]
-    allowed = torch.arange(S, device=x.device)[None, :] <= torch.arange(S - n, S, device=x.device)[:, None]
-    z = torch.nn.functional.scaled_dot_product_attention(
-        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=allowed,
-        scale=1.0 / math.sqrt(dh)).transpose(1, 2)  # [R, n, H, dh]
-    zp = here("attn.hook_z")
-    if zp or capture is not None:
-        z = _apply(z.contiguous(), zp, p0)
-    keep("attn.hook_z", z)
-    attn_out = torch.addmm(w["o"][1], z.reshape(R * n, d), w["o"][0]).reshape(R, n, d)
-    _apply(attn_out, here("hook_attn_out"), p0)
-    for pt in here("hook_resid_mid"):  # the residual stream itself: attn_out = mid - pre
-        if pt.pos is None:
-            attn_out[pt.rows] = pt.src[pt.prompts, p0:].to(x.dtype) - x[pt.rows]
-        else:
-            attn_out[pt.rows, pt.pos - p0] = pt.src[pt.prompts, pt.pos].to(x.dtype) - x[pt.rows, pt.pos - p0]
-    keep("hook_attn_out", attn_out)
-    x = x + attn_out
-    keep("hook_resid_mid", x)
-    h = _ln(_added(x, here("ln2_in"), p0), w["ln2"], eps)
-    pre = torch.addmm(w["fc"][1], h.reshape(R * n, d), w["fc"][0])
-    keep("mlp.hook_pre", pre.reshape(R, n, -1))
-    mlp_out = torch.addmm(w["proj"][1], _gelu_new(pre), w["proj"][0]).reshape(R, n, d)
-    _apply(mlp_out, here("hook_mlp_out"), p0)
-    keep("hook_mlp_out", mlp_out)
-    x = x + mlp_out
-    _apply(x, here("hook_resid_post"), p0)
-    keep("hook_resid_post", x)
-    return x
+    def here(g: _Rows, kind: str) -> list[IncPatch]:
+        found = g.sites.get((layer, kind), [])
+        return _from(found, g.p0 + g.keep_from) if g.keep_from and found else found
+
+    hs = []
+    for g in groups:
+        _apply(g.x, g.sites.get((layer, "hook_resid_pre"), []), g.p0)
+        keep(g, "hook_resid_pre", g.x)
+        hs.append(_ln(_added(g.x, g.sites.get((layer, "ln1_in"), []), g.p0), w["ln1"], eps))
+    ks, vs = (split(product(c, hs), hs, n_heads, dh) for c in ("k", "v"))
+    xs = [g.x[:, g.keep_from:] for g in groups]
+    p0s = [g.p0 + g.keep_from for g in groups]
+    qs = split(product("q", [h[:, g.keep_from:] for g, h in zip(groups, hs)]), xs, n_heads, dh)
+    zs = []
+    for i, g in enumerate(groups):
+        k, v = ks[i], vs[i]
+        keep(g, "attn.hook_k", k)
+        keep(g, "attn.hook_v", v)
+        past = g.past if g.past_from is None else (ks[g.past_from][:, : g.p0], vs[g.past_from][:, : g.p0])
+        if past is not None:
+            k, v = torch.cat([past[0], k], 1), torch.cat([past[1], v], 1)  # [R, S, H, dh]
+        S, n = k.shape[1], qs[i].shape[1]
+        allowed = torch.arange(S, device=k.device)[None, :] <= torch.arange(S - n, S, device=k.device)[:, None]
+        z = torch.nn.functional.scaled_dot_product_attention(
+            qs[i].transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=allowed,
+            scale=1.0 / math.sqrt(dh)).transpose(1, 2)  # [R, n, H, dh]
+        zp = here(g, "attn.hook_z")
+        if zp or g.capture is not None:
+            z = _apply(z.contiguous(), zp, p0s[i])
+        keep(g, "attn.hook_z", z)
+        zs.append(z.reshape(z.shape[0], n, d))
+    outs = split(product("o", zs), xs, d)
+    hs = []
+    for i, g in enumerate(groups):
+        x, attn_out, p0 = xs[i], outs[i], p0s[i]
+        _apply(attn_out, here(g, "hook_attn_out"), p0)
+        for pt in here(g, "hook_resid_mid"):  # the residual stream itself: attn_out = mid - pre
+            if pt.pos is None:
+                attn_out[pt.rows] = pt.src[pt.prompts, p0:].to(x.dtype) - x[pt.rows]
+            else:
+                attn_out[pt.rows, pt.pos - p0] = pt.src[pt.prompts, pt.pos].to(x.dtype) - x[pt.rows, pt.pos - p0]
+        keep(g, "hook_attn_out", attn_out)
+        xs[i] = x = x + attn_out
+        keep(g, "hook_resid_mid", x)
+        hs.append(_ln(_added(x, here(g, "ln2_in"), p0), w["ln2"], eps))
+    pre = product("fc", hs)
+    if any(g.capture is not None for g in groups):
+        for g, p in zip(groups, split(pre, xs, pre.shape[-1])):
+            keep(g, "mlp.hook_pre", p)
+    mlp_outs = split(torch.addmm(w["proj"][1], _gelu_new(pre), w["proj"][0]), xs, d)
+    for i, g in enumerate(groups):
+        mlp_out, p0 = mlp_outs[i], p0s[i]
+        _apply(mlp_out, here(g, "hook_mlp_out"), p0)
+        keep(g, "hook_mlp_out", mlp_out)
+        xs[i] = x = xs[i] + mlp_out
+        _apply(x, here(g, "hook_resid_post"), p0)
+        keep(g, "hook_resid_post", x)
+    return xs
 
 
 def forward_incremental(
@@ -363,9 +403,10 @@ def forward_incremental(
         past_k = keys[layer][prompts, :p0] if p0 else None
         past_v = values[layer][prompts, :p0] if p0 else None
         trim = x.shape[1] - 1 if last_position_only and layer == n_layers - 1 else 0
-        x = _block(weights.blocks[layer], x, p0, past_k, past_v, by_site, layer, weights.n_heads, weights.eps,
-                   keep_from=trim)
+        x = _block(weights.blocks[layer], [_Rows(x, p0, (past_k, past_v) if p0 else None, by_site, keep_from=trim)],
+                   layer, weights.n_heads, weights.eps)[0]
         first += trim
+    _apply(x, _from(by_site.get((n_layers, "hook_resid_pre"), []), first), first)  # the last block's output
     x = _added(x, by_site.get((n_layers, "lnf_in"), []), first)
     return _ln(x[:, -1:] if last_position_only else x, weights.lnf, weights.eps)
 
@@ -377,8 +418,7 @@ REFERENCE_HOOKS = re.compile(
 )
 
 
-def forward_reference(weights: Gpt2Weights, tokens: Tensor, names, logits: str | None,
-                      shared: tuple[int, dict[str, Tensor]] | None = None, last_position: bool = False
+def forward_reference(weights: Gpt2Weights, tokens: Tensor, names, logits: str | None, last_position: bool = False
                       ) -> tuple[Tensor | None, dict[str, Tensor]]:
     """An unpatched run of ``tokens`` (``[batch, seq]``) from the model's own parameters.
 
@@ -391,33 +431,65 @@ def forward_reference(weights: Gpt2Weights, tokens: Tensor, names, logits: str |
     ``logits="last"`` unless a name needs that block's other activations, and with
     ``last_position=True``, where the caller promises to read that block's activations past
     its keys and values at the last position only (they then hold that position alone).
-
-    ``shared = (p0, acts)``: ``acts`` holds another run's activations (``names`` and every
-    block's keys and values) on tokens equal to ``tokens`` before position ``p0``. Causal
-    attention makes those positions the same in both runs, so they are taken from ``acts``
-    and only positions ``p0..`` are computed (``logits`` must then be None).
     """
-    wanted = set(names)
-    layers = [int(REFERENCE_HOOKS.match(n).group(1)) for n in wanted]
-    stop = weights.n_layers if logits is not None else (max(layers) + 1 if layers else 0)
-    p0, past = shared if shared is not None else (0, {})
-    if p0 and logits is not None:
-        raise ValueError("a run sharing its first positions with another returns no logits")
-    x = weights.W_E[tokens[:, p0:]] + weights.W_pos[p0 : tokens.shape[1]]
+    out, acts, _ = _reference(weights, tokens, names, logits, last_position, None, ())
+    return out, acts
+
+
+def forward_pair(weights: Gpt2Weights, target: Tensor, names, logits: str | None, source: Tensor, source_names
+                 ) -> tuple[Tensor | None, dict[str, Tensor], dict[str, Tensor]]:
+    """Two unpatched runs together: :func:`forward_reference` of ``target`` (its logits and
+    ``names``), and the activations of ``source_names`` in a run of ``source`` (same shape).
+    ``logits="final"``: instead of the logits, the final LayerNorm's output at the last position
+    (``[batch, 1, d_model]``), for the caller to unembed with other rows (:func:`unembed`).
+
+    Positions before the first where the prompts differ are the same in both runs (causal
+    attention), so the source run computes only the later ones, attending to the target run's
+    keys and values of the earlier ones; each block multiplies both runs' tokens by its
+    weights in one product.
+    """
+    return _reference(weights, target, names, logits, False, source, source_names)
+
+
+@torch.no_grad()
+def _reference(weights: Gpt2Weights, tokens: Tensor, names, logits: str | None, last_position: bool,
+               source: Tensor | None, source_names) -> tuple[Tensor | None, dict[str, Tensor], dict[str, Tensor]]:
+    wanted, from_source = set(names), set(source_names)
+
+    def stop_of(found) -> int:
+        layers = [int(REFERENCE_HOOKS.match(n).group(1)) for n in found]
+        return max(layers) + 1 if layers else 0
+
+    seq = tokens.shape[1]
+    differ = (source != tokens).any(0).nonzero() if source is not None else []
+    p0 = int(differ[0]) if len(differ) else seq  # the source run's first position of its own
+    s_stop = stop_of(from_source) if p0 < seq else 0
+    stop = max(weights.n_layers if logits is not None else stop_of(wanted), s_stop)
     record: dict[str, Tensor] = {}
+    groups = [_Rows(weights.W_E[tokens] + weights.W_pos[:seq], capture=record)]
+    if s_stop:
+        s_record: dict[str, Tensor] = {}
+        groups.append(_Rows(weights.W_E[source[:, p0:]] + weights.W_pos[p0:seq], p0, capture=s_record,
+                            past_from=0))
     last = stop - 1
-    trim = last_position or logits == "last" and all(
+    trim = last_position or logits in ("last", "final") and all(
         not n.startswith(f"blocks.{last}.") or n.endswith(("hook_resid_pre", "attn.hook_k", "attn.hook_v"))
         for n in wanted)
     for layer in range(stop):
-        kv = [past[f"blocks.{layer}.attn.hook_{c}"][:, :p0] for c in "kv"] if p0 else [None, None]
-        x = _block(weights.blocks[layer], x, p0, *kv, {}, layer, weights.n_heads, weights.eps, record,
-                   keep_from=x.shape[1] - 1 if trim and layer == last else 0)
-    acts = {n: torch.cat([past[n][:, :p0], record[n]], 1) if p0 else record[n] for n in wanted}
+        groups = groups[:1] if layer == s_stop else groups
+        groups[0].keep_from = groups[0].x.shape[1] - 1 if trim and layer == last else 0
+        for g, x in zip(groups, _block(weights.blocks[layer], groups, layer, weights.n_heads, weights.eps)):
+            g.x = x
+    acts = {n: record[n] for n in wanted}
+    if not s_stop:  # the same prompts: the same run
+        src = {n: record[n] for n in from_source}
+    else:
+        src = {n: torch.cat([record[n][:, :p0], s_record[n]], 1) for n in from_source}
     if logits is None:
-        return None, acts
-    x = _ln(x[:, -1:] if logits == "last" else x, weights.lnf, weights.eps)
-    return unembed(weights, x), acts
+        return None, acts, src
+    x = groups[0].x
+    x = _ln(x if logits == "all" else x[:, -1:], weights.lnf, weights.eps)
+    return (x if logits == "final" else unembed(weights, x)), acts, src
 
 
 #: Columns of the unembedding computed at a time on the CPU: a block of logits small enough to

@@ -107,6 +107,22 @@ def test_last_block_sites_with_the_last_position_only(setup):
     assert float((looped[:, 2] - looped[:, 0]).abs().max()) > 1e-2
 
 
+@pytest.mark.parametrize("last_position_only", [False, True])
+def test_block_outputs_enter_the_next_block(setup, last_position_only):
+    """A patched MLP output or block output becomes the residual stream entering the next block (the
+    rows skip the patched block): the loop's numbers at every position, at chosen positions, and for
+    the last block, whose output goes straight to the final LayerNorm."""
+    model, ps, metric = setup
+    last = model.cfg.n_layers - 1
+    hooks = ["blocks.0.hook_mlp_out", "blocks.6.hook_mlp_out", "blocks.5.hook_resid_post",
+             f"blocks.{last}.hook_mlp_out", f"blocks.{last}.hook_resid_post"]
+    for positions in ("all", [ps.dual_pos, ps.seq_len - 1]):
+        kw = dict(positions=positions, progress=False, last_position_only=last_position_only)
+        looped = P.patch_loop(model, ps.clean_tokens, ps.corrupt_tokens, hooks, metric, **kw)
+        _close(P.patch_sweep(model, ps.clean_tokens, ps.corrupt_tokens, hooks, metric, **kw), looped)
+        assert float(looped.std()) > 1e-2  # the sites differ from each other
+
+
 def test_a_hook_attached_to_the_model_is_honoured(setup):
     """A hook the caller attached (here: head 9.1 ablated) runs in every pass of the sweep: the
     direct path, which would not run it, stands aside."""
@@ -234,3 +250,31 @@ def test_mlp_pre_at_one_position_is_the_models(setup):
     torch.testing.assert_close(deeper, cache["blocks.2.mlp.hook_pre"][:, 100], atol=1e-4, rtol=1e-4)
     with model.hooks(fwd_hooks=[("blocks.0.hook_mlp_out", lambda act, hook: act)]):
         assert mlp_pre_at(model, seqs, 0, 120) is None
+
+
+def test_the_two_reference_runs_together_are_the_models(setup):
+    """Both unpatched runs computed together (the source run from the first position where the prompts
+    differ, every weight multiplying both runs' tokens at once) record what the bridge's cache records,
+    for every kind of activation, in both runs; identical prompts give one run."""
+    from exercises_lib.patching_fast_path import Gpt2Weights, forward_pair
+
+    model, prompts, _ = setup
+    target, source = prompts.clean_tokens, prompts.corrupt_tokens
+    assert 0 < int((target != source).any(0).nonzero()[0]) < target.shape[1]  # a shared prefix to reuse
+    kinds = ("hook_resid_pre", "attn.hook_k", "attn.hook_v", "attn.hook_z", "hook_attn_out", "hook_resid_mid",
+             "mlp.hook_pre", "hook_mlp_out", "hook_resid_post")
+    names = [f"blocks.{l}.{k}" for l in (0, 5, model.cfg.n_layers - 1) for k in kinds]
+    source_names = [n for n in names if not n.startswith(f"blocks.{model.cfg.n_layers - 1}.")]
+    weights = Gpt2Weights(model)
+    logits, got_t, got_s = forward_pair(weights, target, names, "all", source, source_names)
+    want_logits, want_t = model.run_with_cache(target)
+    _, want_s = model.run_with_cache(source)
+    torch.testing.assert_close(logits, want_logits, atol=1e-3, rtol=1e-4)
+    for got, want, wanted in ((got_t, want_t, names), (got_s, want_s, source_names)):
+        assert sorted(got) == sorted(wanted)
+        for n in wanted:
+            torch.testing.assert_close(got[n], want[n], atol=1e-4, rtol=1e-4, msg=lambda m, n=n: f"{n}: {m}")
+    last, same_t, same_s = forward_pair(weights, target, names[:3], "last", target.clone(), names[3:6])
+    torch.testing.assert_close(last, want_logits[:, -1:], atol=1e-3, rtol=1e-4)
+    for n in names[3:6]:
+        torch.testing.assert_close(same_s[n], want_t[n], atol=1e-4, rtol=1e-4)
