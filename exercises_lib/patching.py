@@ -94,9 +94,11 @@ from exercises_lib.patching_fast_path import (
     fast_path_agrees,
     forward_incremental,
     forward_pair,
+    forward_reference,
     forward_staggered,
     hooks_attached,
     incremental_agrees,
+    ln_final,
     unembed,
 )
 
@@ -822,6 +824,10 @@ def _check_receivers(receivers: Sequence[str]) -> None:
             )
 
 
+#: Tokens per pass of :func:`path_patch_sweep` (receiver sets are batched up to this many).
+PATH_PASS_TOKENS = 4096
+
+
 @torch.no_grad()
 def path_patch_sweep(
     model,
@@ -876,10 +882,14 @@ def path_patch_sweep(
     weights = Gpt2Weights(model)
     if hooks_attached(model) or not incremental_agrees(model, weights, target):
         return one_by_one()
-    target_final = None  # the target's final LayerNorm output: unembedded only if nothing changes
-    if REFERENCE_HOOKS.match(name):  # both reference runs from the model's parameters too
-        target_logits, target_final, src, tgt = _reference_runs(weights, target, source_tokens, [name], names,
-                                                                last_position_only)
+    sender_block = REFERENCE_HOOKS.match(name)
+    c_layer = None  # from this block on, the target run goes on alongside the first pass's rows
+    if sender_block:  # both reference runs from the model's parameters, up to the sender's block
+        c_layer = int(sender_block.group(1)) + 1
+        early = {n for n in names if int(_BLOCK.match(n).group(1)) < c_layer and not n.endswith("resid_post")}
+        early |= {name, f"blocks.{c_layer - 1}.hook_resid_post"}
+        target_logits = None  # from the companion's last block, when needed
+        _, tgt, src = forward_pair(weights, target, early, None, source_tokens, [name])
     else:
         target_logits, tgt = _cache(model, target, sorted(names))
         _, src = _cache(model, source_tokens, [name], logits_needed=False)
@@ -894,17 +904,19 @@ def path_patch_sweep(
         delta = delta * keep[None, :, None]
     changed = (delta != 0).any(-1).any(0).nonzero()
     if len(changed) == 0:  # the sender's output is the same in both runs: nothing changes
-        if target_final is not None:
-            return torch.stack([_metric_tensor(metric(unembed(weights, target_final)))] * len(sets))
+        if target_logits is None:
+            target_logits, _ = forward_reference(weights, target, [], "last" if last_position_only else "all")
         return torch.stack([_unpatched(metric, target_logits, last_position_only)] * len(sets))
     p0 = int(changed[0])
     kv_from = min(first_layer, L - 1)
-    keys = {l: tgt[f"blocks.{l}.attn.hook_k"] for l in range(kv_from, L)}
-    values = {l: tgt[f"blocks.{l}.attn.hook_v"] for l in range(kv_from, L)}
-    resid = {l: tgt[f"blocks.{l}.hook_resid_pre"] for l in set(starts) | {first_layer} if l < L}
-    resid[L] = tgt[f"blocks.{L - 1}.hook_resid_post"]
+    known = L if c_layer is None else c_layer  # the blocks whose activations the reference runs hold
+    keys = {l: tgt[f"blocks.{l}.attn.hook_k"] for l in range(kv_from, known)}
+    values = {l: tgt[f"blocks.{l}.attn.hook_v"] for l in range(kv_from, known)}
+    resid = {l: tgt[f"blocks.{l}.hook_resid_pre"] for l in set(starts) | {first_layer} if l < known}
+    if c_layer is None or c_layer == L:
+        resid[L] = tgt[f"blocks.{L - 1}.hook_resid_post"]
     order = sorted(range(len(sets)), key=lambda j: starts[j])
-    per_pass = max(1, (4096 // max(1, seq - p0)) // n_prompts)
+    per_pass = max(1, (PATH_PASS_TOKENS // max(1, seq - p0)) // n_prompts)
     chunks = [order[k : k + per_pass] for k in range(0, len(order), per_pass)]
     prompt_ids = torch.arange(n_prompts, device=target.device)
     results: list[Tensor | None] = [None] * len(sets)
@@ -918,7 +930,19 @@ def path_patch_sweep(
                 patches.append(IncPatch(where[0], where[1], rows, prompt_ids, None, None, delta))
         row_starts = [starts[j] for j in chunk for _ in range(n_prompts)]
         rows_prompt = prompt_ids.repeat(len(chunk))
-        x = forward_incremental(weights, row_starts, p0, resid, keys, values, rows_prompt, patches, last_position_only)
+        companion = None
+        if c_layer is not None and chunk is chunks[0]:
+            capture: dict[str, Tensor] = {}
+            companion = (c_layer, tgt[f"blocks.{c_layer - 1}.hook_resid_post"], capture, len(chunks) == 1)
+        x = forward_incremental(weights, row_starts, p0, resid, keys, values, rows_prompt, patches, last_position_only,
+                                companion)
+        if companion is not None:  # what the later passes and the unembedding need of the target run
+            for l in range(c_layer, L):
+                keys[l], values[l] = capture[f"blocks.{l}.attn.hook_k"], capture[f"blocks.{l}.attn.hook_v"]
+                resid[l] = capture[f"blocks.{l}.hook_resid_pre"]
+            resid.setdefault(L, capture.get(f"blocks.{L - 1}.hook_resid_post"))
+            if not last_position_only:
+                target_logits = unembed(weights, ln_final(weights, resid[L]))
 
         def logits_of(a, b, x=x):
             return _rows_logits(weights, x, a, b, n_prompts, target_logits, p0, last_position_only)

@@ -278,3 +278,28 @@ def test_the_two_reference_runs_together_are_the_models(setup):
     torch.testing.assert_close(last, want_logits[:, -1:], atol=1e-3, rtol=1e-4)
     for n in names[3:6]:
         torch.testing.assert_close(same_s[n], want_t[n], atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("last_position_only", [False, True])
+def test_path_patch_sweep_senders_anywhere_in_one_or_several_passes(setup, monkeypatch, last_position_only):
+    """The sweep runs the target past the sender's block alongside its first pass's rows; the later
+    passes take that run's keys, values and residual streams. Senders early (the target runs alone
+    for some blocks before any receiver) and in the last block, in one pass or in passes of one set,
+    give path_patch's numbers (the bridge with hooks); a sender whose output does not change gives
+    the unpatched metric."""
+    model, ps, metric = setup
+    L, clean, corrupt = model.cfg.n_layers, ps.clean_tokens, ps.corrupt_tokens
+    lpo = dict(last_position_only=last_position_only, progress=False)
+    m = (lambda lg: metric(lg[:, -1:])) if last_position_only else metric
+    cases = [((2, 3), ["blocks.9.ln1.hook_in", "blocks.10.ln2.hook_in", "ln_final.hook_in"]),
+             ((L - 1, 5), [f"blocks.{L - 1}.ln2.hook_in", "ln_final.hook_in"]),
+             ("blocks.4.hook_mlp_out", ["blocks.4.ln2.hook_in", "blocks.5.ln1.hook_in", "blocks.7.ln2.hook_in"])]
+    for sender, receivers in cases:
+        want = torch.stack([P.path_patch(model, clean, corrupt, sender, r, m) for r in receivers])
+        _close(P.path_patch_sweep(model, clean, corrupt, sender, receivers, metric, **lpo), want)
+        with monkeypatch.context() as mp:
+            mp.setattr(P, "PATH_PASS_TOKENS", 1)  # one receiver set per pass
+            _close(P.path_patch_sweep(model, clean, corrupt, sender, receivers, metric, **lpo), want)
+        assert float(want.std()) > 1e-3, sender  # the receivers differ
+    unchanged = P.path_patch_sweep(model, clean, clean.clone(), (6, 1), cases[0][1], metric, **lpo)
+    _close(unchanged, torch.stack([torch.as_tensor(m(model(clean))).float()] * 3))
