@@ -38,14 +38,19 @@ is patched at its own site. On top of that it
   ``p..`` only, attending to the target run's cached keys and values (the
   hooks of ``patching_fast_path.INCREMENTAL_HOOKS`` on GPT-2-structured
   models); there the two reference runs are computed from the model's
-  parameters too, the source run only from the first token where the
-  prompts differ, and with ``last_position_only`` the last block runs its
-  queries, output and MLP at the last position only, and
+  parameters too, together (one product per weight for both runs' tokens),
+  the source run only from the first token where the prompts differ; a
+  patched block output (``hook_mlp_out``, ``hook_resid_post``) becomes the
+  residual stream entering the next block, so its rows skip the patched
+  block; with ``last_position_only`` the last block runs its queries,
+  output and MLP at the last position only, and the target's logits are
+  unembedded with the first pass's sites, and
 * unembeds several sites' rows at once, up to ``LOGITS_BUDGET`` bytes of
   logits, so a pass never holds every row's full-vocabulary logits.
 
 :func:`path_patch_sweep` does the same for path patching over many receiver
-sets.
+sets; its reference runs stop at the sender's block, and the target run goes
+on from there alongside the first pass's rows.
 
 :func:`patch_loop` is the reference: one ordinary forward pass per site, with
 the same signature and the same numbers (tested), and far slower. The fast
