@@ -72,7 +72,7 @@ def test_prompt_set_rejects_bad_prompts(gpt2_standin):
 
 def test_logit_diff_by_hand(lr_run):
     ps, logits, _ = lr_run
-    by_hand = torch.tensor([logits[b, -1, ps.correct[b]] - logits[b, -1, ps.incorrect[b]] for b in range(len(ps))])
+    by_hand = torch.stack([logits[b, -1, ps.correct[b]] - logits[b, -1, ps.incorrect[b]] for b in range(len(ps))]).detach()
     torch.testing.assert_close(D.logit_diff(logits, ps.correct, ps.incorrect), by_hand)
     metric = D.logit_diff_metric(ps)
     torch.testing.assert_close(metric(logits), by_hand.mean())
