@@ -202,5 +202,5 @@ def test_explorer_shows_each_prompts_own_analysis(gpt2_standin, monkeypatch):
         (_, lens, lens_title), (_, dla, _) = shown
         torch.testing.assert_close(lens, D.logit_lens_logit_diff(cache, directions)[:, 0], atol=1e-4, rtol=1e-4)
         torch.testing.assert_close(dla, D.head_logit_attribution(cache, directions)[..., 0], atol=1e-4, rtol=1e-4)
-        ld = float(D.logit_diff(logits, c, i)[0])
+        ld = float(D.logit_diff(logits, c, i)[0].detach())
         assert f"'{text}' -> '{answer.strip()}' vs '{word.strip()}': logit difference {ld:.2f}" in lens_title
