@@ -519,6 +519,7 @@ def patch_sweep(
         per_pass = max(1, (batch_size or max(n_prompts, budget // width)) // n_prompts)
         chunks += [group[k : k + per_pass] for k in range(0, len(group), per_pass)]
     entering: dict[str, Tensor] = {}  # residual streams patched block outputs give the next block
+    buffer: dict[str, Tensor] = {}  # one block of logits, reused (every position only)
     bar = _progress(chunks, progress and len(chunks) > 1, "patching")
     prompt_ids = torch.arange(n_prompts)
     unembed_hooked = any(h.startswith("unembed") for h in hook_names)
@@ -539,7 +540,7 @@ def patch_sweep(
             x, ids = _with_target(x, ids, target_final, unpatched is None)
 
             def logits_of(a, b, x=x, p0=p0):
-                return _rows_logits(weights, x, a, b, n_prompts, target_logits, p0, last_position_only)
+                return _rows_logits(weights, x, a, b, n_prompts, target_logits, p0, last_position_only, buffer)
         elif fast and row_starts[0] >= 0 and not unembed_hooked:
             # Each site's rows enter at its own layer (``todo`` is sorted by it).
             x = forward_staggered(model, row_starts, resid, rows_prompt, _fwd_hooks(ops, source_acts),
@@ -554,7 +555,7 @@ def patch_sweep(
                 return full[a * n_prompts : b * n_prompts]
         for j, logits in _site_logits(logits_of, len(ids), n_prompts * (1 if last_position_only else seq),
                                       model.cfg.d_vocab_out):
-            value = _metric_tensor(metric(logits))
+            value = _metric_value(metric, logits)
             if ids[j] is None:
                 unpatched = value
             else:
@@ -586,7 +587,9 @@ def _site_logits(logits_of: Callable[[int, int], Tensor], n_sites: int, rows_per
 
 
 def _unpatched(metric: Metric, target_logits: Tensor, last_position_only: bool) -> Tensor:
-    return _metric_tensor(metric(target_logits[:, -1:] if last_position_only else target_logits))
+    """The metric of the target run; on a copy of its logits, which give every site its positions
+    before the patch and must survive a metric that edits what it is handed."""
+    return _metric_tensor(metric((target_logits[:, -1:] if last_position_only else target_logits).clone()))
 
 
 def _with_target(x: Tensor, ids: list, target_final: Tensor | None, first: bool) -> tuple[Tensor, list]:
@@ -598,14 +601,34 @@ def _with_target(x: Tensor, ids: list, target_final: Tensor | None, first: bool)
 
 
 def _rows_logits(weights: Gpt2Weights, x: Tensor, a: int, b: int, n_prompts: int, target_logits: Tensor, p0: int,
-                 last_position_only: bool) -> Tensor:
+                 last_position_only: bool, buffer: dict) -> Tensor:
     """Logits of sites ``a..b-1`` of an incremental pass (``x``: its final LayerNorm's output,
     ``n_prompts`` rows per site); with every position, the positions before ``p0`` are the
-    target run's."""
-    part = unembed(weights, x[a * n_prompts : b * n_prompts])
+    target run's. Those are written into ``buffer["logits"]``, one block of logits kept for the
+    whole sweep (grown when too small) and rewritten whole for each block, prefix included, so a
+    metric that edits its logits cannot reach the next block's; a metric's value that is a view
+    of it must be copied before the next block (:func:`_metric_value`)."""
+    part = x[a * n_prompts : b * n_prompts]
     if last_position_only:
-        return part
-    return torch.cat([target_logits[:, :p0].to(part.dtype).repeat(b - a, 1, 1), part], 1)
+        return unembed(weights, part)
+    rows, seq, vocab = part.shape[0], p0 + part.shape[1], weights.W_U.shape[1]
+    held = buffer.get("logits")
+    if held is None or held.shape[0] < rows or held.shape[1:] != (seq, vocab):
+        dtype = torch.result_type(part, weights.W_U)
+        held = buffer["logits"] = torch.empty(rows, seq, vocab, dtype=dtype, device=part.device)
+    out = held[:rows]
+    out[:, :p0].unflatten(0, (b - a, n_prompts)).copy_(target_logits[:, :p0])
+    unembed(weights, part, out=out[:, p0:])
+    return out
+
+
+def _metric_value(metric: Metric, logits: Tensor) -> Tensor:
+    """The metric's value on ``logits``, as a tensor of its own (copied where it is a view of them:
+    the logits' memory is reused for the next block)."""
+    value = _metric_tensor(metric(logits))
+    if value.untyped_storage().data_ptr() == logits.untyped_storage().data_ptr():
+        value = value.clone()
+    return value
 
 
 def _first_change(site: _Site, source: dict[str, Tensor], target: dict[str, Tensor]) -> int:
@@ -925,6 +948,7 @@ def path_patch_sweep(
     chunks = [order[k : k + per_pass] for k in range(0, len(order), per_pass)]
     prompt_ids = torch.arange(n_prompts, device=target.device)
     results: list[Tensor | None] = [None] * len(sets)
+    buffer: dict[str, Tensor] = {}  # one block of logits, reused (every position only)
     for chunk in _progress(chunks, progress and len(chunks) > 1, "path patching"):
         patches = []
         for k, j in enumerate(chunk):
@@ -950,9 +974,9 @@ def path_patch_sweep(
                 target_logits = unembed(weights, ln_final(weights, resid[L]))
 
         def logits_of(a, b, x=x):
-            return _rows_logits(weights, x, a, b, n_prompts, target_logits, p0, last_position_only)
+            return _rows_logits(weights, x, a, b, n_prompts, target_logits, p0, last_position_only, buffer)
 
         for k, part in _site_logits(logits_of, len(chunk), n_prompts * (1 if last_position_only else seq),
                                     model.cfg.d_vocab_out):
-            results[chunk[k]] = _metric_tensor(metric(part))
+            results[chunk[k]] = _metric_value(metric, part)
     return torch.stack(results)

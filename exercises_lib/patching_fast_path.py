@@ -537,21 +537,32 @@ def _reference(weights: Gpt2Weights, tokens: Tensor, names, logits: str | None, 
 UNEMBED_COLUMNS = 2048
 
 
-def unembed(weights: Gpt2Weights, x: Tensor) -> Tensor:
-    """Logits of the final LayerNorm's output ``x`` (``[..., d_model]``)."""
+def unembed(weights: Gpt2Weights, x: Tensor, out: Tensor | None = None) -> Tensor:
+    """Logits of the final LayerNorm's output ``x`` (``[..., d_model]``), written into ``out``
+    (``[..., vocab]``, any strides) when given."""
     W_U, b_U = weights.W_U, weights.b_U
     if x.device.type != "cpu":
         logits = x @ W_U
-        return logits if b_U is None else logits + b_U
+        logits = logits if b_U is None else logits + b_U
+        return logits if out is None else out.copy_(logits)
     flat = x.reshape(-1, x.shape[-1])
-    out = torch.empty(flat.shape[0], W_U.shape[1], dtype=torch.result_type(flat, W_U), device=x.device)
+    direct = out is None or out.is_contiguous()
+    if out is None:
+        out = torch.empty(*x.shape[:-1], W_U.shape[1], dtype=torch.result_type(flat, W_U), device=x.device)
+    # A contiguous ``out`` takes each block of columns directly; any other goes through one
+    # cache-sized block.
+    into = out.view(-1, W_U.shape[1]) if direct else \
+        torch.empty(flat.shape[0], UNEMBED_COLUMNS, dtype=out.dtype, device=x.device)
     for a in range(0, W_U.shape[1], UNEMBED_COLUMNS):
         b = min(a + UNEMBED_COLUMNS, W_U.shape[1])
+        block = into[:, a:b] if direct else into[:, : b - a]
         if b_U is None:
-            torch.mm(flat, W_U[:, a:b], out=out[:, a:b])
+            torch.mm(flat, W_U[:, a:b], out=block)
         else:
-            torch.addmm(b_U[a:b], flat, W_U[:, a:b], out=out[:, a:b])
-    return out.reshape(*x.shape[:-1], W_U.shape[1])
+            torch.addmm(b_U[a:b], flat, W_U[:, a:b], out=block)
+        if not direct:
+            out[..., a:b].copy_(block.view(*x.shape[:-1], b - a))
+    return out
 
 
 @torch.no_grad()

@@ -107,6 +107,35 @@ def test_last_block_sites_with_the_last_position_only(setup):
     assert float((looped[:, 2] - looped[:, 0]).abs().max()) > 1e-2
 
 
+@pytest.mark.parametrize("budget", [None, 1])
+def test_metrics_that_keep_or_edit_their_logits(setup, monkeypatch, budget):
+    """The sweep reuses one block of logits for its sites: a metric whose value is a view of its
+    logits, and one that edits its logits in place (and reads a position before the patch, which
+    the sweep takes from the target run), give the loop's numbers, with several sites per block of
+    logits and with one (``budget=1``)."""
+    model, ps, metric = setup
+    if budget is not None:
+        monkeypatch.setattr(P, "LOGITS_BUDGET", budget)
+
+    def view(logits):
+        return logits[:, -1, :4]
+
+    def editing(logits):
+        logits.mul_(-1.0)
+        return logits[:, 0, :4].sum(-1) + logits[:, -1, :4].sum(-1)
+
+    hooks = ["blocks.1.hook_resid_pre", "blocks.6.hook_resid_pre", "blocks.11.hook_resid_post"]
+    kw = dict(positions=[0, ps.dual_pos, ps.seq_len - 1], progress=False)
+    for m in (view, editing):
+        looped = P.patch_loop(model, ps.clean_tokens, ps.corrupt_tokens, hooks, m, **kw)
+        _close(P.patch_sweep(model, ps.clean_tokens, ps.corrupt_tokens, hooks, m, **kw), looped)
+        assert float(looped[:, 1:].std()) > 1e-3, m.__name__  # the sites differ
+        _close(P.path_patch_sweep(model, ps.clean_tokens, ps.corrupt_tokens, (3, 2), ["blocks.7.ln1.hook_in",
+               "blocks.9.ln2.hook_in"], m, progress=False),
+               torch.stack([P.path_patch(model, ps.clean_tokens, ps.corrupt_tokens, (3, 2), r, m)
+                            for r in ("blocks.7.ln1.hook_in", "blocks.9.ln2.hook_in")]))
+
+
 @pytest.mark.parametrize("last_position_only", [False, True])
 def test_block_outputs_enter_the_next_block(setup, last_position_only):
     """A patched MLP output or block output becomes the residual stream entering the next block (the
