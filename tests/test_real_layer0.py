@@ -185,8 +185,9 @@ def test_grouping_is_the_write_ups_for_any_surrogate(real_layer0_model):
     worst = torch.full((12, 3), float("inf"))
     for norm, mean_norm, seed in SURROGATES:
         _swap_embeddings(model, norm, mean_norm, seed)
-        features = cx.head_features(cx.positional_pattern(model, model.to_single_token(" the"), model.cfg.n_ctx))
-        copy = cx.copy_attention_score(model)
+        with torch.no_grad():  # read from the weights, whichever test set their requires_grad before
+            features = cx.head_features(cx.positional_pattern(model, model.to_single_token(" the"), model.cfg.n_ctx))
+            copy = cx.copy_attention_score(model)
         margins = cx.classification_margins(features, copy)
         groups = cx.classify_heads(features, copy)
         label = f"norm {norm}, mean direction {mean_norm}, seed {seed}"
