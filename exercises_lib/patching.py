@@ -97,6 +97,7 @@ from exercises_lib.patching_fast_path import (
     IncPatch,
     REFERENCE_HOOKS,
     fast_path_agrees,
+    forward_block_outputs,
     forward_incremental,
     forward_pair,
     forward_reference,
@@ -464,6 +465,10 @@ def patch_sweep(
     if incremental:
         weights = Gpt2Weights(model)
         incremental = incremental_agrees(model, weights, target)
+    if incremental and _outputs_in_one_pass(target, source_tokens, hook_names, positions, heads, batch_size,
+                                            last_position_only):
+        return _block_output_sweep(weights, target, source_tokens, hook_names, metric, last_position_only,
+                                   skip_identical)
 
     def start_of(hook: str) -> int:
         """The block a site's rows enter: the next one for a block's output (the incremental pass
@@ -566,6 +571,51 @@ def patch_sweep(
         results[i] = unpatched
     out = torch.stack([r.to(unpatched.device) for r in results])
     return out.reshape(*site_shape, *unpatched.shape)
+
+
+def _outputs_in_one_pass(target: Tensor, source: Tensor, hook_names: list[str], positions: Positions, heads: bool,
+                         batch_size: int | None, last_position_only: bool) -> bool:
+    """Whether the sweep patches whole block outputs (every position at once) and its rows fit in
+    one pass alongside both reference runs (:func:`_block_output_sweep`)."""
+    if heads or positions != "all" or not all(_AFTER_BLOCK.match(h) for h in hook_names):
+        return False
+    differ = (source != target).any(0).nonzero()
+    if not len(differ):
+        return False
+    n_prompts, seq = target.shape
+    if batch_size is not None and batch_size < n_prompts * len(hook_names):
+        return False
+    tokens = n_prompts * (seq + (seq - int(differ[0])) * (1 + len(set(hook_names))))
+    return tokens <= (4096 if last_position_only else 2048)
+
+
+def _block_output_sweep(weights: Gpt2Weights, target: Tensor, source: Tensor, hook_names: list[str], metric: Metric,
+                        last_position_only: bool, skip_identical: bool) -> Tensor:
+    """:func:`patch_sweep` of whole block outputs (``hook_mlp_out``, ``hook_resid_post``) in one pass
+    with both reference runs (:func:`~exercises_lib.patching_fast_path.forward_block_outputs`):
+    every weight, the unembedding's included, read once."""
+    outputs = [(int(m.group(1)), m.group(2)) for m in map(_AFTER_BLOCK.match, hook_names)]
+    final, x, p0, same = forward_block_outputs(weights, target, source, outputs, last_position_only, skip_identical)
+    n_prompts, seq = target.shape
+    ids: list[int | None] = [i for i in range(len(outputs)) if not (skip_identical and same[i])]
+    target_logits, unpatched = None, None
+    if last_position_only:  # the target's last position unembedded with the sites'
+        x, ids = (final if x is None else torch.cat([final, x])), [None] + ids
+    else:
+        target_logits = unembed(weights, final)
+        unpatched = _unpatched(metric, target_logits, False)
+    buffer: dict[str, Tensor] = {}
+    results: list[Tensor | None] = [None] * len(outputs)
+    for j, logits in _site_logits(
+            lambda a, b: _rows_logits(weights, x, a, b, n_prompts, target_logits, p0, last_position_only, buffer),
+            len(ids), n_prompts * (1 if last_position_only else seq), weights.W_U.shape[1]):
+        value = _metric_value(metric, logits)
+        if ids[j] is None:
+            unpatched = value
+        else:
+            results[ids[j]] = value
+    results = [unpatched if r is None else r for r in results]  # outputs the same in both runs
+    return torch.stack([r.to(unpatched.device) for r in results]).reshape(len(hook_names), *unpatched.shape)
 
 
 #: Bytes of logits one unembedding may hold: sites are unembedded together up to this

@@ -271,12 +271,13 @@ class _Rows:
     """Rows one block runs together with others: positions ``p0..`` of ``x`` (``[rows, n, d_model]``).
 
     ``past``: the keys and values of positions ``0..p0-1`` (``[rows, p0, head, d_head]``), or
-    None: none (``p0`` 0), or, with ``past_from`` set, those of an earlier group of the same
-    block (same prompts, from position 0), taken once that group's keys are computed.
-    ``past_rows``: which of that group's rows give each of these rows' (None: the same rows).
-    ``sites``: the patches, by ``(layer, kind)``; ``capture``: where to record the block's
-    activations under their hook names. ``keep_from``: the block's output is wanted at local
-    positions ``keep_from..`` only; keys and values are still computed at every position.
+    None: none (``p0`` 0), or, with ``past_from`` set, those of earlier groups of the same block,
+    taken once their keys are computed: ``(group index, rows)`` pairs in order of position, each
+    group giving its positions up to ``p0``, ``rows`` saying which of its rows give each of these
+    rows' (None: the same rows). ``sites``: the patches, by ``(layer, kind)``; ``capture``: where
+    to record the block's activations under their hook names. ``keep_from``: the block's output
+    is wanted at local positions ``keep_from..`` only; keys and values are still computed at
+    every position.
     """
 
     x: Tensor
@@ -285,8 +286,7 @@ class _Rows:
     sites: dict = field(default_factory=dict)
     capture: dict | None = None
     keep_from: int = 0
-    past_from: int | None = None
-    past_rows: Tensor | None = None
+    past_from: list[tuple[int, Tensor | None]] | None = None
 
 
 def _block(w: dict, groups: list[_Rows], layer: int, n_heads: int, eps: float) -> list[Tensor]:
@@ -332,8 +332,10 @@ def _block(w: dict, groups: list[_Rows], layer: int, n_heads: int, eps: float) -
         keep(g, "attn.hook_v", v)
         past = g.past
         if g.past_from is not None:
-            rows = slice(None) if g.past_rows is None else g.past_rows
-            past = (ks[g.past_from][rows, : g.p0], vs[g.past_from][rows, : g.p0])
+            parts = [(slice(None) if rows is None else rows, slice(None, g.p0 - groups[j].p0))
+                     for j, rows in g.past_from]
+            kv = [[t[j][rows, upto] for (j, _), (rows, upto) in zip(g.past_from, parts)] for t in (ks, vs)]
+            past = tuple(p[0] if len(p) == 1 else torch.cat(p, 1) for p in kv)
         if past is not None:
             k, v = torch.cat([past[0], k], 1), torch.cat([past[1], v], 1)  # [R, S, H, dh]
         S, n = k.shape[1], qs[i].shape[1]
@@ -430,7 +432,7 @@ def forward_incremental(
             prompts = rows_prompt[: x.shape[0]]
             rows = _Rows(x, p0, sites=by_site, keep_from=x.shape[1] - 1 if last else 0)
             if p0 and comp is not None:
-                rows.past_from, rows.past_rows = 0, prompts
+                rows.past_from = [(0, prompts)]
             elif p0:
                 rows.past = (keys[layer][prompts, :p0], values[layer][prompts, :p0])
             groups.append(rows)
@@ -444,6 +446,90 @@ def forward_incremental(
     _apply(x, _from(by_site.get((n_layers, "hook_resid_pre"), []), first), first)  # the last block's output
     x = _added(x, by_site.get((n_layers, "lnf_in"), []), first)
     return _ln(x[:, -1:] if last_position_only else x, weights.lnf, weights.eps)
+
+
+@torch.no_grad()
+def forward_block_outputs(weights: Gpt2Weights, target: Tensor, source: Tensor, outputs: list[tuple[int, str]],
+                          last_position_only: bool, skip_identical: bool = False
+                          ) -> tuple[Tensor, Tensor | None, int, list[bool]]:
+    """Patches of whole block outputs, the two reference runs alongside, all in one pass.
+
+    ``outputs``: ``(layer, kind)`` pairs, ``kind`` ``"hook_mlp_out"`` or ``"hook_resid_post"``; each
+    is the source run's (``source``, same shape as ``target``, differing somewhere) put into the
+    target run at every position. The target run, the source run (from ``p0``, the first position
+    where the prompts differ, attending to the target's keys and values before it) and, from the
+    block after each output's, that output's rows (the residual stream entering it: the target's
+    ``hook_resid_mid`` plus the source's MLP output, or the source's ``hook_resid_post``, at
+    positions ``p0..``) go through each block together, one product per weight, so every weight
+    is read once for the whole sweep. Positions every target prompt shares (a template's opening,
+    before ``p0``) are computed once: causal attention makes them the same in every prompt.
+
+    Returns the target's final LayerNorm output (``[batch, seq, d_model]``; the last position
+    only with ``last_position_only``), that of each output's rows (``[n * batch, seq - p0 or 1,
+    d_model]``, in the order of ``outputs``; None when there are none), ``p0``, and whether each
+    output is the same in both runs (a patch of it changes nothing; with ``skip_identical`` such
+    an output gets no rows).
+    """
+    n_layers, (batch, seq) = weights.n_layers, target.shape
+    p0 = int((source != target).any(0).nonzero()[0])
+    shared = min(_shared_prefix(target), p0) if batch > 1 else 0
+    t_acts: dict[str, Tensor] = {}
+    s_acts: dict[str, Tensor] = {}
+    prompts = torch.arange(batch, device=target.device)
+    first = torch.zeros_like(prompts)
+    groups = [_Rows(weights.W_E[target[:1, :shared]] + weights.W_pos[:shared])] if shared else []
+    t_past = [(0, first)] if shared else []  # where the target's own rows find the shared positions
+    groups.append(_Rows(weights.W_E[target[:, shared:]] + weights.W_pos[shared:seq], shared, capture=t_acts,
+                        past_from=t_past or None))
+    ti = len(groups) - 1
+    groups.append(_Rows(weights.W_E[source[:, p0:]] + weights.W_pos[p0:seq], p0, capture=s_acts,
+                        past_from=t_past + [(ti, None)]))
+    t, s = groups[ti], groups[ti + 1]
+    s_stop = max(layer for layer, _ in outputs) + 1
+    joined: list[tuple[int, str]] = []  # the outputs whose rows are in ``rows``, in row order
+    rows, same = None, {}
+    for layer in range(n_layers):
+        trim = last_position_only and layer == n_layers - 1
+        if layer == s_stop:  # no output from here on: the source run stops
+            groups = [g for g in groups if g is not s]
+        if rows is not None:
+            n = len(joined)
+            groups.append(_Rows(rows, p0, past_from=[(0, first.repeat(n))] * bool(shared) + [(ti, prompts.repeat(n))]))
+        for g in groups:
+            g.keep_from = g.x.shape[1] - 1 if trim else 0
+        for g, x in zip(groups, _block(weights.blocks[layer], groups, layer, weights.n_heads, weights.eps)):
+            g.x = x
+        if rows is not None:
+            rows = groups.pop().x
+        for out in [o for o in outputs if o[0] == layer and o not in joined]:
+            name = f"blocks.{layer}.{out[1]}"
+            n = s_acts[name].shape[1]  # the source's positions (p0.., or the last when trimmed)
+            same[out] = bool(torch.equal(s_acts[name], t_acts[name][:, -n:]))
+            if skip_identical and same[out]:
+                continue
+            stream = s.x if out[1] == "hook_resid_post" else \
+                t_acts[f"blocks.{layer}.hook_resid_mid"][:, -n:] + s_acts[name]
+            rows = stream if rows is None else torch.cat([rows, stream])
+            joined.append(out)
+        t_acts.clear()  # one block's activations at a time
+        s_acts.clear()
+    if last_position_only:
+        final = t.x[:, -1:]
+    else:
+        final = torch.cat([groups[0].x.expand(batch, -1, -1), t.x], 1) if shared else t.x
+    final = _ln(final, weights.lnf, weights.eps)
+    if rows is None:
+        return final, None, p0, [same[out] for out in outputs]
+    at = {out: k for k, out in enumerate(joined)}
+    x = rows[torch.cat([at[out] * batch + prompts for out in outputs if out in at])]
+    return final, _ln(x[:, -1:] if last_position_only else x, weights.lnf, weights.eps), p0, \
+        [same[out] for out in outputs]
+
+
+def _shared_prefix(tokens: Tensor) -> int:
+    """How many opening positions every row of ``tokens`` (``[batch, seq]``) shares."""
+    differ = (tokens != tokens[:1]).any(0).nonzero()
+    return int(differ[0]) if len(differ) else tokens.shape[1]
 
 
 def ln_final(weights: Gpt2Weights, x: Tensor) -> Tensor:
@@ -510,7 +596,7 @@ def _reference(weights: Gpt2Weights, tokens: Tensor, names, logits: str | None, 
     if s_stop:
         s_record: dict[str, Tensor] = {}
         groups.append(_Rows(weights.W_E[source[:, p0:]] + weights.W_pos[p0:seq], p0, capture=s_record,
-                            past_from=0))
+                            past_from=[(0, None)]))
     last = stop - 1
     trim = last_position or logits in ("last", "final") and all(
         not n.startswith(f"blocks.{last}.") or n.endswith(("hook_resid_pre", "attn.hook_k", "attn.hook_v"))

@@ -152,6 +152,48 @@ def test_block_outputs_enter_the_next_block(setup, last_position_only):
         assert float(looped.std()) > 1e-2  # the sites differ from each other
 
 
+@pytest.mark.parametrize("last_position_only", [False, True])
+def test_block_outputs_in_one_pass_with_the_reference_runs(setup, monkeypatch, last_position_only):
+    """Whole block outputs run in one pass with both reference runs (every weight read once): the
+    loop's numbers with prompts sharing their opening tokens (computed once) and with prompts that
+    share none, with the source run stopping early (outputs of early blocks only); outputs that are
+    the same in both runs (two MLPs switched off) give the unpatched value without rows of their own."""
+    model, ps, metric = setup
+    calls = []
+    one_pass = P.forward_block_outputs
+    monkeypatch.setattr(P, "forward_block_outputs", lambda *a, **k: calls.append(one_pass(*a, **k)) or calls[-1])
+    kw = dict(positions="all", progress=False, last_position_only=last_position_only)
+    clean, corrupt = ps.clean_tokens.clone(), ps.corrupt_tokens.clone()
+    unshared = (clean.clone(), corrupt.clone())
+    unshared[0][1, 0] = unshared[1][1, 0] = model.to_single_token(" The")  # the prompts differ from position 0
+    assert int(clean[:, 0].ne(clean[0, 0]).sum()) == 0 and int(unshared[0][:, 0].ne(unshared[0][0, 0]).sum()) > 0
+    cases = [(clean, corrupt, P.resid_hook_names(model, "mlp_out")),
+             (*unshared, ["blocks.1.hook_mlp_out", "blocks.4.hook_resid_post", "blocks.1.hook_mlp_out"])]
+    for c, k, hooks in cases:
+        looped = P.patch_loop(model, c, k, hooks, metric, **kw)
+        _close(P.patch_sweep(model, c, k, hooks, metric, **kw), looped)
+        assert float(looped.std()) > 1e-2
+    proj = [dict(model.named_parameters())[f"transformer.h.{layer}._original_component.mlp._original_component."
+                                           f"c_proj._original_component.{n}"] for layer in (3, 7)
+            for n in ("weight", "bias")]
+    saved = [w.detach().clone() for w in proj]
+    try:
+        with torch.no_grad():
+            for w in proj:
+                w.zero_()
+        hooks = ["blocks.3.hook_mlp_out", "blocks.5.hook_mlp_out", "blocks.7.hook_mlp_out"]
+        swept = P.patch_sweep(model, clean, corrupt, hooks, metric, **kw)
+        _close(swept, P.patch_loop(model, clean, corrupt, hooks, metric, **kw))
+        assert torch.equal(swept[0], swept[2]) and not torch.equal(swept[0], swept[1])
+        _, rows, _, same = calls[-1]
+        assert same == [True, False, True] and rows.shape[0] == len(clean)  # the layer-5 output's rows only
+    finally:
+        with torch.no_grad():
+            for w, v in zip(proj, saved):
+                w.copy_(v)
+    assert len(calls) == 3
+
+
 def test_a_hook_attached_to_the_model_is_honoured(setup):
     """A hook the caller attached (here: head 9.1 ablated) runs in every pass of the sweep: the
     direct path, which would not run it, stands aside."""
