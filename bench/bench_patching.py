@@ -277,6 +277,8 @@ def main() -> None:
     args = cli.parse_args()
     torch.set_grad_enabled(False)
     chosen = SWEEPS if args.sweeps == "all" else tuple(s.strip() for s in args.sweeps.split(","))
+    if "resid_pre_default" in chosen and "resid_pre" not in chosen:  # compared with resid_pre's peer call
+        chosen = ("resid_pre",) + chosen
     t_start = time.perf_counter()
 
     model = load_model("gpt2-small", device=args.device, source=args.source, quiet=True)
