@@ -149,6 +149,13 @@ def test_layer0_forward_matches_the_bridge(gpt2_standin):
 SURROGATES = list(itertools.product([2.5, 3.5, 4.5], [0.0, 2.0], [0, 1]))  # random part's norm, shared direction's, seed
 
 
+@pytest.fixture(autouse=True)
+def _no_grad():
+    """These tests read weights and activations; none needs gradients."""
+    with torch.no_grad():
+        yield
+
+
 @pytest.fixture(scope="module")
 def real_layer0_model():
     """A stand-in with the real layer 0 and nothing else planted (its embeddings are swapped below)."""
@@ -185,9 +192,8 @@ def test_grouping_is_the_write_ups_for_any_surrogate(real_layer0_model):
     worst = torch.full((12, 3), float("inf"))
     for norm, mean_norm, seed in SURROGATES:
         _swap_embeddings(model, norm, mean_norm, seed)
-        with torch.no_grad():  # read from the weights, whichever test set their requires_grad before
-            features = cx.head_features(cx.positional_pattern(model, model.to_single_token(" the"), model.cfg.n_ctx))
-            copy = cx.copy_attention_score(model)
+        features = cx.head_features(cx.positional_pattern(model, model.to_single_token(" the"), model.cfg.n_ctx))
+        copy = cx.copy_attention_score(model)
         margins = cx.classification_margins(features, copy)
         groups = cx.classify_heads(features, copy)
         label = f"norm {norm}, mean direction {mean_norm}, seed {seed}"
