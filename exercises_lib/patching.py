@@ -42,9 +42,11 @@ is patched at its own site. On top of that it
   the source run only from the first token where the prompts differ; a
   patched block output (``hook_mlp_out``, ``hook_resid_post``) becomes the
   residual stream entering the next block, so its rows skip the patched
-  block; with ``last_position_only`` the last block runs its queries,
-  output and MLP at the last position only, and the target's logits are
-  unembedded with the first pass's sites, and
+  block, and a sweep of whole block outputs runs in one pass with both
+  reference runs (each weight read once; positions every target prompt
+  shares computed once); with ``last_position_only`` the last block runs
+  its queries, output and MLP at the last position only, and the target's
+  logits are unembedded with the first pass's sites, and
 * unembeds several sites' rows at once, up to ``LOGITS_BUDGET`` bytes of
   logits, so a pass never holds every row's full-vocabulary logits.
 
