@@ -69,7 +69,8 @@ def _case_index(kw: dict, cases: list[dict]) -> int:
 def test_check_rejects_bad_answers(name, check_context, monkeypatch):
     chk = CHECKS[name]
     ctx = check_context(chk)
-    cases = chk.cases(**ctx)
+    with torch.no_grad():  # as run_check builds them
+        cases = chk.cases(**ctx)
     expected = [chk.reference(**kw) for kw in cases]
     monkeypatch.setattr(chk, "cases", lambda **_: cases)  # the same objects on every call
     for kind in BAD_KINDS:
@@ -96,3 +97,18 @@ def test_check_rejects_bad_answers(name, check_context, monkeypatch):
         if kind == "exception":
             assert "student bug" in result.message
 
+
+
+def test_check_inputs_do_not_track_gradients(check_context):
+    """Inputs a check builds from the model's weights reach the learner's function without autograd
+    (a ``float()`` of one would otherwise warn), even when the caller has gradients on."""
+    chk = CHECKS["contextual.classify_heads"]
+    seen = []
+
+    def student(**kw):
+        seen.extend(t.requires_grad for t in kw.values() if isinstance(t, torch.Tensor))
+        return chk.reference(**kw)
+
+    with torch.enable_grad():
+        assert run_check(chk.name, student, **check_context(chk)).passed
+    assert seen and not any(seen), seen

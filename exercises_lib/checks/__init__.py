@@ -359,7 +359,8 @@ def _run_check(name: str, student_fn: Callable, **context: Any) -> CheckResult:
 def _run_cases(chk: Check, student_fn: Callable, guard: "_guard.ModelGuard", context: dict) -> CheckResult:
     name = chk.name
     try:
-        cases = chk.cases(**context)
+        with torch.no_grad():  # inputs, not something to differentiate: no autograd in the learner's function
+            cases = chk.cases(**context)
     except Exception as err:  # a broken context (e.g. a model of the wrong kind)
         return CheckResult(name, False, f"Could not prepare the check's inputs: {type(err).__name__}: {err}")
     for i, kwargs in enumerate(cases):
