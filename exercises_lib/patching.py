@@ -519,7 +519,7 @@ def patch_sweep(
         todo.sort(key=lambda i: hook_layer(model, sites[i].hook))
         groups = [todo] if todo else []
         fast = bool(resid) and fast_path_agrees(model, target, resid, target_logits)
-    budget = 4096 if last_position_only else 2048  # tokens per pass
+    budget = _pass_tokens(last_position_only)
     chunks = []
     for group in groups:
         width = seq - first[group[0]] if incremental else seq
@@ -560,13 +560,9 @@ def patch_sweep(
 
             def logits_of(a, b, full=full):
                 return full[a * n_prompts : b * n_prompts]
-        for j, logits in _site_logits(logits_of, len(ids), n_prompts * (1 if last_position_only else seq),
-                                      model.cfg.d_vocab_out):
-            value = _metric_value(metric, logits)
-            if ids[j] is None:
-                unpatched = value
-            else:
-                results[ids[j]] = value
+        found = _metric_values(metric, logits_of, ids, results, n_prompts * (1 if last_position_only else seq),
+                               model.cfg.d_vocab_out)
+        unpatched = found if found is not None else unpatched
     if unpatched is None:  # no pass ran
         unpatched = _metric_tensor(metric(unembed(weights, target_final)))
     for i in same:
@@ -588,7 +584,13 @@ def _outputs_in_one_pass(target: Tensor, source: Tensor, hook_names: list[str], 
     if batch_size is not None and batch_size < n_prompts * len(hook_names):
         return False
     tokens = n_prompts * (seq + (seq - int(differ[0])) * (1 + len(set(hook_names))))
-    return tokens <= (4096 if last_position_only else 2048)
+    return tokens <= _pass_tokens(last_position_only)
+
+
+def _pass_tokens(last_position_only: bool) -> int:
+    """Tokens one batched pass of :func:`patch_sweep` runs by default (every position's logits
+    take more memory per token)."""
+    return 4096 if last_position_only else 2048
 
 
 def _block_output_sweep(weights: Gpt2Weights, target: Tensor, source: Tensor, hook_names: list[str], metric: Metric,
@@ -608,14 +610,10 @@ def _block_output_sweep(weights: Gpt2Weights, target: Tensor, source: Tensor, ho
         unpatched = _unpatched(metric, target_logits, False)
     buffer: dict[str, Tensor] = {}
     results: list[Tensor | None] = [None] * len(outputs)
-    for j, logits in _site_logits(
-            lambda a, b: _rows_logits(weights, x, a, b, n_prompts, target_logits, p0, last_position_only, buffer),
-            len(ids), n_prompts * (1 if last_position_only else seq), weights.W_U.shape[1]):
-        value = _metric_value(metric, logits)
-        if ids[j] is None:
-            unpatched = value
-        else:
-            results[ids[j]] = value
+    found = _metric_values(
+        metric, lambda a, b: _rows_logits(weights, x, a, b, n_prompts, target_logits, p0, last_position_only, buffer),
+        ids, results, n_prompts * (1 if last_position_only else seq), weights.W_U.shape[1])
+    unpatched = found if found is not None else unpatched
     results = [unpatched if r is None else r for r in results]  # outputs the same in both runs
     return torch.stack([r.to(unpatched.device) for r in results]).reshape(len(hook_names), *unpatched.shape)
 
@@ -672,6 +670,21 @@ def _rows_logits(weights: Gpt2Weights, x: Tensor, a: int, b: int, n_prompts: int
     out[:, :p0].unflatten(0, (b - a, n_prompts)).copy_(target_logits[:, :p0])
     unembed(weights, part, out=out[:, p0:])
     return out
+
+
+def _metric_values(metric: Metric, logits_of: Callable[[int, int], Tensor], ids: list, results: list,
+                   rows_per_site: int, vocab: int) -> Tensor | None:
+    """The metric of each site of a pass into ``results[ids[j]]`` (logits from ``logits_of``, a few
+    sites at a time: :func:`_site_logits`); returns the value of the site whose id is None (the
+    unpatched target run, when the pass carries it), else None."""
+    unpatched = None
+    for j, logits in _site_logits(logits_of, len(ids), rows_per_site, vocab):
+        value = _metric_value(metric, logits)
+        if ids[j] is None:
+            unpatched = value
+        else:
+            results[ids[j]] = value
+    return unpatched
 
 
 def _metric_value(metric: Metric, logits: Tensor) -> Tensor:
@@ -1028,7 +1041,6 @@ def path_patch_sweep(
         def logits_of(a, b, x=x):
             return _rows_logits(weights, x, a, b, n_prompts, target_logits, p0, last_position_only, buffer)
 
-        for k, part in _site_logits(logits_of, len(chunk), n_prompts * (1 if last_position_only else seq),
-                                    model.cfg.d_vocab_out):
-            results[chunk[k]] = _metric_value(metric, part)
+        _metric_values(metric, logits_of, chunk, results, n_prompts * (1 if last_position_only else seq),
+                       model.cfg.d_vocab_out)
     return torch.stack(results)
