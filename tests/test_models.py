@@ -166,6 +166,10 @@ def test_cached_standin_is_the_built_one(cache_dir, name):
     assert len(list(cache_dir.glob(f"{name}-*.safetensors"))) == 1
     again = models.build_standin(name, device="cpu")  # reads it
     _same_model(fresh, again)
+    from exercises_lib.models.cache import ALIGN
+
+    # read in place from the memory-mapped file, yet aligned like fresh allocations
+    assert [n for n, p in again.named_parameters() if p.data_ptr() % ALIGN] == []
     assert again.standin_placement == json.loads(json.dumps(fresh.standin_placement))
     assert again.provenance == fresh.provenance
     if name == "gpt2-noLN":
@@ -174,6 +178,29 @@ def test_cached_standin_is_the_built_one(cache_dir, name):
         assert again.layernorm_constants == fresh.layernorm_constants
         toks = fresh.to_tokens("The weather station stood on the hill.")
         torch.testing.assert_close(layernorm_free_reference(again)(toks).logits, layernorm_free_reference(fresh)(toks).logits)
+
+
+def test_entries_align_every_tensor(tmp_path):
+    """An entry's file is plain safetensors (its own reader gets every tensor back) in which each
+    tensor starts on a 64-byte boundary, whatever the lengths before it; the fillers that keep
+    them there are never loaded."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from exercises_lib.models import cache
+
+    tensors = {"b_odd": torch.randn(50257), "w": torch.randn(7, 3), "mask": torch.tensor([True, False, True]),
+               "ids": torch.arange(5), "none": torch.empty(0), "scalar": torch.tensor(3.0), "half": torch.randn(4).half()}
+    path = tmp_path / "entry.safetensors"
+    cache.write_aligned(path, tensors, {"mechinterp": "{}"})
+    back = load_file(str(path))
+    assert {k: v for k, v in back.items() if not k.startswith("__align__")}.keys() == tensors.keys()
+    for k, t in tensors.items():
+        assert back[k].dtype == t.dtype and torch.equal(back[k], t), k
+    with safe_open(str(path), framework="pt") as f:
+        assert f.metadata() == {"mechinterp": "{}"}
+        mapped = {k: f.get_tensor(k) for k in tensors}
+    assert [k for k, t in mapped.items() if t.numel() and t.data_ptr() % cache.ALIGN] == []
 
 
 def test_cache_key_follows_every_input(cache_dir):

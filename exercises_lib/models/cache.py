@@ -18,6 +18,10 @@ cache off. The folder is safe to delete at any time. It is kept under
 entries, the chapters' own stand-ins (default plants, placement and seed) last.
 The weights of an entry are read lazily (memory-mapped, copy-on-write: editing
 a loaded model never touches the file), so kernels on one machine share them.
+Each tensor's data starts at a multiple of 64 bytes in the file (filler tensors
+between them, which are never loaded), so the mapped weights are as aligned as
+freshly allocated ones: oneDNN's kernels, which the patching fast path uses,
+run about a quarter slower on a weight that is not.
 
 Never stale: the key of an entry is a sha256 over the builder's inputs (model
 name, plants, placement, seed, processing, the tokenizer's full serialisation)
@@ -42,6 +46,7 @@ import functools
 import hashlib
 import json
 import os
+import struct
 import tempfile
 import time
 import weakref
@@ -62,7 +67,13 @@ __all__ = [
 
 CACHE_ENV = "MECHINTERP_CACHE_DIR"
 MAX_GB_ENV = "MECHINTERP_CACHE_MAX_GB"
-FORMAT = 1
+FORMAT = 2
+#: Where each tensor's data starts in an entry's file: a multiple of this many bytes.
+ALIGN = 64
+_FILLER = "__align__."  # the names of the filler tensors between aligned ones
+_SAFETENSORS_DTYPES = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+                       torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8",
+                       torch.uint8: "U8", torch.bool: "BOOL"}
 _PACKAGE_ROOT = Path(__file__).resolve().parent.parent  # exercises_lib/
 _VERSIONED_DISTRIBUTIONS = ("torch", "transformers", "transformer_lens", "tokenizers", "safetensors")
 
@@ -241,7 +252,8 @@ def load_entry(name: str, key: str, skip: str | None = None) -> tuple[dict[str, 
             meta = json.loads(f.metadata()["mechinterp"])
             if meta.get("key") != key:
                 return None
-            tensors = {k: f.get_tensor(k) for k in f.keys() if not (skip and k.startswith(skip))}
+            tensors = {k: f.get_tensor(k) for k in f.keys()
+                       if not k.startswith(_FILLER) and not (skip and k.startswith(skip))}
         for alias, original in meta.get("aliases", {}).items():
             if original in tensors:
                 tensors[alias] = tensors[original]
@@ -285,7 +297,11 @@ def store_entry(name: str, key: str, tensors: Mapping[str, torch.Tensor], meta: 
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".safetensors")
         os.close(fd)
-        save_file(plain, tmp, metadata={"mechinterp": json.dumps({**meta, "key": key, "format": FORMAT, "aliases": aliases})})
+        metadata = {"mechinterp": json.dumps({**meta, "key": key, "format": FORMAT, "aliases": aliases})}
+        if all(t.dtype in _SAFETENSORS_DTYPES for t in plain.values()):
+            write_aligned(tmp, plain, metadata)
+        else:
+            save_file(plain, tmp, metadata=metadata)
         os.replace(tmp, path)
         tmp = None
     except OSError:
@@ -295,6 +311,39 @@ def store_entry(name: str, key: str, tensors: Mapping[str, torch.Tensor], meta: 
             _remove(Path(tmp))
     _prune(path.parent, keep=path)
     return path
+
+
+def write_aligned(path: str | Path, tensors: Mapping[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    """Write ``tensors`` (contiguous, on the CPU) as a safetensors file in which every tensor's data
+    starts at a multiple of :data:`ALIGN` bytes from the start of the file.
+
+    safetensors' own writer puts the data right after a header padded to 8 bytes and the
+    tensors back to back, so one tensor of an odd length (GPT-2's 50257 logit biases) shifts
+    every later one off alignment. Here the header is padded with spaces (which the format
+    allows) and a filler tensor (``U8``, named ``__align__.<n>``) closes each gap, since the
+    format allows no holes in the data; :func:`load_entry` skips the fillers.
+    """
+    header: dict[str, Any] = {"__metadata__": metadata}
+    parts: list[torch.Tensor | bytes] = []
+    offset = 0
+    for name, t in tensors.items():
+        gap = -offset % ALIGN
+        if gap:
+            header[f"{_FILLER}{len(parts)}"] = {"dtype": "U8", "shape": [gap], "data_offsets": [offset, offset + gap]}
+            parts.append(bytes(gap))
+            offset += gap
+        size = t.numel() * t.element_size()
+        header[name] = {"dtype": _SAFETENSORS_DTYPES[t.dtype], "shape": list(t.shape),
+                        "data_offsets": [offset, offset + size]}
+        parts.append(t)
+        offset += size
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-(8 + len(raw)) % ALIGN)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(raw)))
+        f.write(raw)
+        for part in parts:
+            f.write(part if isinstance(part, bytes) else part.reshape(-1).view(torch.uint8).numpy().data)
 
 
 def _remove(path: Path) -> None:
