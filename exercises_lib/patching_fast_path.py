@@ -208,6 +208,56 @@ class Gpt2Weights:
         return all(n in names for n in want) and hasattr(model, "unembed")
 
 
+# ---------------------------------------------------------------------------
+# The products
+# ---------------------------------------------------------------------------
+#
+# On a CPU every weight product of this path goes through oneDNN's linear kernel, the one
+# PyTorch's own compiler emits for ``nn.Linear`` on CPUs (``torch.ops.mkldnn._linear_pointwise``):
+# at the shapes a sweep multiplies (tens to a few hundred rows by GPT-2's weights) it runs
+# 1.2-1.9x faster than ``torch.addmm`` (MKL) on the course's 2-core AMD machines, on the same
+# fp32 numbers up to summation order. The kernel is private to PyTorch, so it is used only
+# where it exists and gives ``addmm``'s result on a test product (checked once per process);
+# everywhere else, and on GPUs, the products are ``addmm``.
+
+_CPU_LINEAR: list = []  # [kernel or None], filled on first use
+
+
+def _cpu_linear():
+    """oneDNN's fp32 linear kernel, or None where this PyTorch lacks it or it disagrees with addmm
+    (with and without the GELU it applies for the MLP's first product)."""
+    if not _CPU_LINEAR:
+        kernel = None
+        try:
+            op = torch.ops.mkldnn._linear_pointwise
+            g = torch.Generator().manual_seed(0)
+            x, w, b = (torch.randn(*shape, generator=g) for shape in ((37, 96), (96, 80), (80,)))
+            with torch.no_grad():
+                want = torch.addmm(b, x, w)
+                plain, gelu = op(x, w.T, b, "none", [], ""), op(x, w.T, b, "gelu", [], "tanh")
+            if plain.shape == gelu.shape == want.shape and torch.allclose(plain, want, rtol=1e-5, atol=1e-5) \
+                    and torch.allclose(gelu, _gelu_new(want), rtol=1e-5, atol=1e-5):
+                kernel = op
+        except (AttributeError, RuntimeError, NotImplementedError):
+            pass
+        _CPU_LINEAR.append(kernel)
+    return _CPU_LINEAR[0]
+
+
+def _linear(x: Tensor, w: Tensor, b: Tensor | None, gelu: bool = False) -> Tensor:
+    """``x @ w + b`` (``x``: ``[rows, in]``; ``w``: ``[in, out]``; ``b``: ``[out]`` or None), then
+    GPT-2's GELU (:func:`_gelu_new`; in oneDNN's kernel, its tanh GELU, within 3e-7) with ``gelu``.
+
+    oneDNN takes ``w`` as it is only when it, or its transpose, is contiguous (a view into a wider
+    matrix would be copied at every call, hundreds of times slower); ``addmm`` takes the rest.
+    """
+    if x.device.type == "cpu" and x.dtype == w.dtype == torch.float32 and not torch.is_grad_enabled() \
+            and (w.is_contiguous() or w.T.is_contiguous()) and (kernel := _cpu_linear()) is not None:
+        return kernel(x, w.T, b, "gelu", [], "tanh") if gelu else kernel(x, w.T, b, "none", [], "")
+    y = x @ w if b is None else torch.addmm(b, x, w)
+    return _gelu_new(y) if gelu else y
+
+
 def _ln(x: Tensor, wb, eps: float) -> Tensor:
     return torch.nn.functional.layer_norm(x, (x.shape[-1],), wb[0], wb[1], eps)
 
@@ -275,7 +325,8 @@ class _Rows:
     taken once their keys are computed: ``(group index, rows)`` pairs in order of position, each
     group giving its positions up to ``p0``, ``rows`` saying which of its rows give each of these
     rows' (None: the same rows). ``sites``: the patches, by ``(layer, kind)``; ``capture``: where
-    to record the block's activations under their hook names. ``keep_from``: the block's output
+    to record the block's activations under their hook names (``kinds``: only those whose hook
+    name ends so, None: all of them). ``keep_from``: the block's output
     is wanted at local positions ``keep_from..`` only; keys and values are still computed at
     every position.
     """
@@ -287,6 +338,11 @@ class _Rows:
     capture: dict | None = None
     keep_from: int = 0
     past_from: list[tuple[int, Tensor | None]] | None = None
+    kinds: frozenset[str] | None = None
+
+    def wants(self, kind: str) -> bool:
+        """Whether the block's activation ``kind`` (``attn.hook_z``...) is to be recorded."""
+        return self.capture is not None and (self.kinds is None or kind in self.kinds)
 
 
 def _block(w: dict, groups: list[_Rows], layer: int, n_heads: int, eps: float) -> list[Tensor]:
@@ -299,17 +355,17 @@ def _block(w: dict, groups: list[_Rows], layer: int, n_heads: int, eps: float) -
     d = groups[0].x.shape[-1]
     dh = d // n_heads
 
-    def product(name: str, parts: list[Tensor]) -> Tensor:  # [tokens of every part, out]
+    def product(name: str, parts: list[Tensor], gelu: bool = False) -> Tensor:  # [tokens of every part, out]
         flat = torch.cat([p.reshape(-1, p.shape[-1]) for p in parts]) if len(parts) > 1 else \
             parts[0].reshape(-1, parts[0].shape[-1])
-        return torch.addmm(w[name][1], flat, w[name][0])
+        return _linear(flat, w[name][0], w[name][1], gelu)
 
     def split(flat: Tensor, like: list[Tensor], *tail: int) -> list[Tensor]:
         sizes = [t.shape[0] * t.shape[1] for t in like]
         return [p.view(t.shape[0], t.shape[1], *tail) for p, t in zip(flat.split(sizes), like)]
 
     def keep(g: _Rows, kind: str, value: Tensor) -> None:
-        if g.capture is not None:
+        if g.wants(kind):
             g.capture[f"blocks.{layer}.{kind}"] = value
 
     def here(g: _Rows, kind: str) -> list[IncPatch]:
@@ -344,7 +400,7 @@ def _block(w: dict, groups: list[_Rows], layer: int, n_heads: int, eps: float) -
             qs[i].transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=allowed,
             scale=1.0 / math.sqrt(dh)).transpose(1, 2)  # [R, n, H, dh]
         zp = here(g, "attn.hook_z")
-        if zp or g.capture is not None:
+        if zp or g.wants("attn.hook_z"):
             z = _apply(z.contiguous(), zp, p0s[i])
         keep(g, "attn.hook_z", z)
         zs.append(z.reshape(z.shape[0], n, d))
@@ -362,11 +418,14 @@ def _block(w: dict, groups: list[_Rows], layer: int, n_heads: int, eps: float) -
         xs[i] = x = x + attn_out
         keep(g, "hook_resid_mid", x)
         hs.append(_ln(_added(x, here(g, "ln2_in"), p0), w["ln2"], eps))
-    pre = product("fc", hs)
-    if any(g.capture is not None for g in groups):
+    if any(g.wants("mlp.hook_pre") for g in groups):
+        pre = product("fc", hs)
         for g, p in zip(groups, split(pre, xs, pre.shape[-1])):
             keep(g, "mlp.hook_pre", p)
-    mlp_outs = split(torch.addmm(w["proj"][1], _gelu_new(pre), w["proj"][0]), xs, d)
+        post = _gelu_new(pre)
+    else:  # the GELU inside the product's kernel where it has one
+        post = product("fc", hs, gelu=True)
+    mlp_outs = split(_linear(post, w["proj"][0], w["proj"][1]), xs, d)
     for i, g in enumerate(groups):
         mlp_out, p0 = mlp_outs[i], p0s[i]
         _apply(mlp_out, here(g, "hook_mlp_out"), p0)
@@ -375,6 +434,10 @@ def _block(w: dict, groups: list[_Rows], layer: int, n_heads: int, eps: float) -
         _apply(x, here(g, "hook_resid_post"), p0)
         keep(g, "hook_resid_post", x)
     return xs
+
+
+#: What :func:`forward_incremental` records of the unpatched run it carries along.
+_COMPANION_KINDS = frozenset({"attn.hook_k", "attn.hook_v", "hook_resid_pre", "hook_resid_post"})
 
 
 def forward_incremental(
@@ -401,9 +464,9 @@ def forward_incremental(
     rows from block ``layer`` (``x``: the residual stream entering it, ``[prompt, seq, d_model]``),
     each block multiplying its tokens and the rows' by each weight in one product. From that
     block on the rows attend to its keys and values and join from its residual stream, so
-    ``keys``, ``values`` and ``resid`` are needed only before ``layer``; its activations are
-    recorded in ``capture`` (with ``trim`` and ``last_position_only``, the last block's past its
-    keys and values at the last position only).
+    ``keys``, ``values`` and ``resid`` are needed only before ``layer``; its keys, values and
+    residual stream (:data:`_COMPANION_KINDS`) are recorded in ``capture`` (with ``trim`` and
+    ``last_position_only``, the last block's past its keys and values at the last position only).
     """
     n_layers = weights.n_layers
     counts = torch.bincount(torch.as_tensor(row_starts), minlength=n_layers + 1).tolist()
@@ -415,7 +478,7 @@ def forward_incremental(
     x, joined, first = None, 0, p0  # x holds positions first..
     for layer in range(min(row_starts[0], c_layer), n_layers + 1):
         if layer == c_layer:
-            comp = _Rows(c_x, capture=c_capture)
+            comp = _Rows(c_x, capture=c_capture, kinds=_COMPANION_KINDS)
         if counts[layer]:
             stream = comp.x[:, first - c_first:] if comp is not None else resid[layer][:, first:]
             new = stream[rows_prompt[joined : joined + counts[layer]]]
@@ -479,11 +542,12 @@ def forward_block_outputs(weights: Gpt2Weights, target: Tensor, source: Tensor, 
     first = torch.zeros_like(prompts)
     groups = [_Rows(weights.W_E[target[:1, :shared]] + weights.W_pos[:shared])] if shared else []
     t_past = [(0, first)] if shared else []  # where the target's own rows find the shared positions
+    kinds = frozenset(kind for _, kind in outputs)  # what the source run gives, and the target run to compare
     groups.append(_Rows(weights.W_E[target[:, shared:]] + weights.W_pos[shared:seq], shared, capture=t_acts,
-                        past_from=t_past or None))
+                        past_from=t_past or None, kinds=kinds | {"hook_resid_mid"}))
     ti = len(groups) - 1
     groups.append(_Rows(weights.W_E[source[:, p0:]] + weights.W_pos[p0:seq], p0, capture=s_acts,
-                        past_from=t_past + [(ti, None)]))
+                        past_from=t_past + [(ti, None)], kinds=kinds))
     t, s = groups[ti], groups[ti + 1]
     s_stop = max(layer for layer, _ in outputs) + 1
     joined: list[tuple[int, str]] = []  # the outputs whose rows are in ``rows``, in row order
@@ -592,11 +656,12 @@ def _reference(weights: Gpt2Weights, tokens: Tensor, names, logits: str | None, 
     s_stop = stop_of(from_source) if p0 < seq else 0
     stop = max(weights.n_layers if logits is not None else stop_of(wanted), s_stop)
     record: dict[str, Tensor] = {}
-    groups = [_Rows(weights.W_E[tokens] + weights.W_pos[:seq], capture=record)]
+    kinds = frozenset(REFERENCE_HOOKS.match(n).group(2) for n in wanted | from_source)
+    groups = [_Rows(weights.W_E[tokens] + weights.W_pos[:seq], capture=record, kinds=kinds)]
     if s_stop:
         s_record: dict[str, Tensor] = {}
         groups.append(_Rows(weights.W_E[source[:, p0:]] + weights.W_pos[p0:seq], p0, capture=s_record,
-                            past_from=[(0, None)]))
+                            past_from=[(0, None)], kinds=kinds))
     last = stop - 1
     trim = last_position or logits in ("last", "final") and all(
         not n.startswith(f"blocks.{last}.") or n.endswith(("hook_resid_pre", "attn.hook_k", "attn.hook_v"))
@@ -619,7 +684,8 @@ def _reference(weights: Gpt2Weights, tokens: Tensor, names, logits: str | None, 
 
 
 #: Columns of the unembedding computed at a time on the CPU: a block of logits small enough to
-#: stay in the cache while it is written makes the product about 1.5x faster than whole rows.
+#: stay in the cache while it is written makes the product about 1.5x faster than whole rows,
+#: and bounds the temporary a kernel without ``out=`` needs.
 UNEMBED_COLUMNS = 2048
 
 
@@ -632,20 +698,27 @@ def unembed(weights: Gpt2Weights, x: Tensor, out: Tensor | None = None) -> Tenso
         logits = logits if b_U is None else logits + b_U
         return logits if out is None else out.copy_(logits)
     flat = x.reshape(-1, x.shape[-1])
-    direct = out is None or out.is_contiguous()
     if out is None:
         out = torch.empty(*x.shape[:-1], W_U.shape[1], dtype=torch.result_type(flat, W_U), device=x.device)
-    # A contiguous ``out`` takes each block of columns directly; any other goes through one
-    # cache-sized block.
+    # oneDNN's kernel (:func:`_linear`) returns each block, copied into ``out``; without it
+    # ``torch.mm`` writes a block of a contiguous ``out`` in place, and any other ``out`` gets
+    # it through one cache-sized block.
+    by_mm = torch.is_grad_enabled() or flat.dtype != W_U.dtype or flat.dtype != torch.float32 \
+        or not W_U.T.is_contiguous() or _cpu_linear() is None  # :func:`_linear` would not use oneDNN
+    direct = by_mm and out.is_contiguous()
     into = out.view(-1, W_U.shape[1]) if direct else \
-        torch.empty(flat.shape[0], UNEMBED_COLUMNS, dtype=out.dtype, device=x.device)
+        torch.empty(flat.shape[0], UNEMBED_COLUMNS, dtype=out.dtype, device=x.device) if by_mm else None
     for a in range(0, W_U.shape[1], UNEMBED_COLUMNS):
         b = min(a + UNEMBED_COLUMNS, W_U.shape[1])
-        block = into[:, a:b] if direct else into[:, : b - a]
-        if b_U is None:
-            torch.mm(flat, W_U[:, a:b], out=block)
+        bias = None if b_U is None else b_U[a:b]
+        if not by_mm:
+            block = _linear(flat, W_U[:, a:b], bias)
         else:
-            torch.addmm(b_U[a:b], flat, W_U[:, a:b], out=block)
+            block = into[:, a:b] if direct else into[:, : b - a]
+            if bias is None:
+                torch.mm(flat, W_U[:, a:b], out=block)
+            else:
+                torch.addmm(bias, flat, W_U[:, a:b], out=block)
         if not direct:
             out[..., a:b].copy_(block.view(*x.shape[:-1], b - a))
     return out

@@ -374,3 +374,79 @@ def test_path_patch_sweep_senders_anywhere_in_one_or_several_passes(setup, monke
         assert float(want.std()) > 1e-3, sender  # the receivers differ
     unchanged = P.path_patch_sweep(model, clean, clean.clone(), (6, 1), cases[0][1], metric, **lpo)
     _close(unchanged, torch.stack([torch.as_tensor(m(model(clean))).float()] * 3))
+
+
+def test_products_give_addmms_numbers(monkeypatch):
+    """The fast path's products (oneDNN's linear kernel on a CPU where PyTorch has it) give addmm's
+    numbers for both weight layouts the model holds (``[in, out]``, and ``[out, in]`` seen transposed),
+    with and without GPT-2's GELU; a weight that is a view into a wider matrix, and a product that
+    tracks gradients, go through addmm."""
+    from exercises_lib import patching_fast_path as F
+
+    kernel = F._cpu_linear()
+    calls = []
+    if kernel is not None:
+        monkeypatch.setattr(F, "_CPU_LINEAR", [lambda *a: calls.append(1) or kernel(*a)])
+    g = torch.Generator().manual_seed(0)
+    x, wide, b = (torch.randn(*s, generator=g) for s in ((37, 96), (96, 160), (80,)))
+    layouts = {"[in, out]": (wide[:, :80].contiguous(), True), "[out, in] seen transposed": (wide[:, :80].T.contiguous().T, True),
+               "a view into a wider matrix": (wide[:, :80], False)}
+    for name, (w, by_kernel) in layouts.items():
+        for bias in (b, None):
+            for gelu in (False, True):
+                calls.clear()
+                with torch.no_grad():
+                    got = F._linear(x, w, bias, gelu)
+                want = x @ w if bias is None else torch.addmm(bias, x, w)
+                torch.testing.assert_close(got, F._gelu_new(want) if gelu else want, atol=1e-5, rtol=1e-5,
+                                           msg=lambda m, name=name: f"{name}: {m}")
+                assert len(calls) == (1 if by_kernel and kernel is not None else 0), name
+    calls.clear()
+    w = wide[:, :80].contiguous().requires_grad_()
+    with torch.enable_grad():  # with gradients: addmm, which has them
+        F._linear(x, w, b).sum().backward()
+    assert not calls and w.grad is not None
+
+
+def test_the_kernel_is_used_only_where_it_gives_addmms_numbers(monkeypatch):
+    """Without PyTorch's oneDNN linear op, or with one whose numbers are not addmm's, the products
+    are addmm's."""
+    from exercises_lib import patching_fast_path as F
+
+    class Without:  # a PyTorch build without the op
+        pass
+
+    class Wrong:  # an op that drops the bias
+        @staticmethod
+        def _linear_pointwise(x, w, b, *rest):
+            return x @ w.T
+
+    for ops in (Without(), Wrong()):
+        monkeypatch.setattr(F, "_CPU_LINEAR", [])
+        monkeypatch.setattr(torch.ops, "mkldnn", ops)
+        assert F._cpu_linear() is None
+        x, w, b = torch.ones(3, 4), torch.ones(4, 2), torch.ones(2)
+        with torch.no_grad():
+            torch.testing.assert_close(F._linear(x, w, b), torch.full((3, 2), 5.0))
+
+
+def test_sweeps_are_the_same_with_either_kernel(setup, monkeypatch):
+    """Every fast path (one pass of block outputs, incremental rows, path patching) gives the same
+    numbers with oneDNN's products as with addmm's."""
+    from exercises_lib import patching_fast_path as F
+
+    model, ps, metric = setup
+    clean, corrupt = ps.clean_tokens, ps.corrupt_tokens
+
+    def sweeps():
+        kw = dict(progress=False, last_position_only=True)
+        return [P.patch_sweep(model, clean, corrupt, P.resid_hook_names(model, "mlp_out"), metric, positions="all", **kw),
+                P.patch_sweep(model, clean, corrupt, P.resid_hook_names(model, "resid_pre"), metric, **kw),
+                P.patch_sweep(model, clean, corrupt, P.resid_hook_names(model, "resid_pre"), metric, progress=False),
+                P.path_patch_sweep(model, clean, corrupt, (6, 1), [f"blocks.{l}.ln1.hook_in" for l in range(7, 12)],
+                                   metric, progress=False)]
+
+    first = sweeps()
+    monkeypatch.setattr(F, "_CPU_LINEAR", [None])
+    for a, b in zip(first, sweeps()):
+        _close(a, b)
