@@ -238,7 +238,7 @@ def _cpu_linear():
             if plain.shape == gelu.shape == want.shape and torch.allclose(plain, want, rtol=1e-5, atol=1e-5) \
                     and torch.allclose(gelu, _gelu_new(want), rtol=1e-5, atol=1e-5):
                 kernel = op
-        except (AttributeError, RuntimeError, NotImplementedError):
+        except Exception:  # a private op that fails in any way: not this kernel
             pass
         _CPU_LINEAR.append(kernel)
     return _CPU_LINEAR[0]

@@ -409,8 +409,8 @@ def test_products_give_addmms_numbers(monkeypatch):
 
 
 def test_the_kernel_is_used_only_where_it_gives_addmms_numbers(monkeypatch):
-    """Without PyTorch's oneDNN linear op, or with one whose numbers are not addmm's, the products
-    are addmm's."""
+    """Without PyTorch's oneDNN linear op, with one whose numbers are not addmm's, or with one that
+    takes other arguments, the products are addmm's."""
     from exercises_lib import patching_fast_path as F
 
     class Without:  # a PyTorch build without the op
@@ -421,7 +421,12 @@ def test_the_kernel_is_used_only_where_it_gives_addmms_numbers(monkeypatch):
         def _linear_pointwise(x, w, b, *rest):
             return x @ w.T
 
-    for ops in (Without(), Wrong()):
+    class Older:  # an op of another signature
+        @staticmethod
+        def _linear_pointwise(x, w, b):
+            return torch.addmm(b, x, w.T)
+
+    for ops in (Without(), Wrong(), Older()):
         monkeypatch.setattr(F, "_CPU_LINEAR", [])
         monkeypatch.setattr(torch.ops, "mkldnn", ops)
         assert F._cpu_linear() is None
